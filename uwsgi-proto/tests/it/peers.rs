@@ -20,11 +20,7 @@ const REPLY: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Le
 
 /// Decodes a whole capture: the vars (ports replaced by `<port>` after checking they are
 /// decimal) and the body that followed the packet.
-fn decode(
-    capture: &[u8],
-    limits: Limits,
-    router: bool,
-) -> Result<(Pairs, Vec<u8>), Error> {
+fn decode(capture: &[u8], limits: Limits, router: bool) -> Result<(Pairs, Vec<u8>), Error> {
     let mut buf = BytesMut::from(capture);
     let mut dec = RequestDecoder::new(limits);
     let head = dec

@@ -1,0 +1,1 @@
+//! cgi-family integration tests.
