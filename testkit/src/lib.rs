@@ -189,3 +189,86 @@ pub fn fixture_path(manifest_dir: &str, name: &str) -> PathBuf {
 pub fn updating_fixtures() -> bool {
     std::env::var_os("UPDATE_FIXTURES").is_some_and(|v| v == "1")
 }
+
+/// An HTTP/1.x response read off the wire by [`raw_exchange`], with its body de-chunked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The header lines, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body (de-chunked when the response was chunked).
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// Parses a whole response; panics (a test failure) when it is not one.
+    pub fn parse(raw: &[u8]) -> Self {
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| {
+                panic!(
+                    "no end of head in {:?}",
+                    String::from_utf8_lossy(&raw[..raw.len().min(300)])
+                )
+            });
+        let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        let rest = &raw[end + 4..];
+        let chunked = headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+        });
+        let body = if chunked {
+            dechunk(rest)
+        } else {
+            rest.to_vec()
+        };
+        Self {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text (lossy), for assertions.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(nl) = b.windows(2).position(|w| w == b"\r\n") else {
+            panic!("truncated chunked body");
+        };
+        let size_text = String::from_utf8_lossy(&b[..nl]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or_else(|_| panic!("bad chunk size {size_text:?}"));
+        b = &b[nl + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
