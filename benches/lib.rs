@@ -42,3 +42,36 @@ pub fn nginx_browser_vars() -> Vec<(&'static str, &'static str)> {
         ("HTTP_SEC_FETCH_SITE", "same-origin"),
     ]
 }
+
+/// The same browser request as [`nginx_browser_vars`], as an HTTP head for the
+/// `cgi-family` env builder (ten browser headers plus Host and Cookie).
+pub fn browser_head() -> cgi_family::RequestHead {
+    let mut head =
+        cgi_family::RequestHead::new("GET", "/articles/archive/?page=2&sort=-created", "HTTP/1.1");
+    for (k, v) in nginx_browser_vars() {
+        if let Some(name) = k.strip_prefix("HTTP_") {
+            if name == "HOST" {
+                continue;
+            }
+            let name: String = name
+                .split('_')
+                .map(|w| w[..1].to_owned() + &w[1..].to_ascii_lowercase())
+                .collect::<Vec<_>>()
+                .join("-");
+            head.push_header(name, v);
+        }
+    }
+    head.push_header("Host", "example.com");
+    head
+}
+
+/// The env nginx's stock params of `flavor` give for [`browser_head`].
+pub fn browser_env(flavor: cgi_family::Flavor) -> cgi_family::Env {
+    cgi_family::EnvBuilder::new(flavor)
+        .peer("203.0.113.7:52814".parse().expect("addr"))
+        .local("192.0.2.1:80".parse().expect("addr"))
+        .server_name("example.com")
+        .document_root("/usr/share/nginx/html")
+        .build(&browser_head())
+        .expect("valid head")
+}

@@ -52,47 +52,48 @@ impl<'a> ScgiHeader<'a> {
             return Err(Error::BadPairs);
         }
         let mut count = 0;
-        let mut content_length = None;
+        let mut content_length = 0;
         let mut has_scgi = false;
-        let mut names: [u64; 64] = [0; 64];
-        let mut spill: Vec<u64> = Vec::new();
-        let mut it = block[..block.len() - 1].split(|&b| b == 0);
-        while let Some(name) = it.next() {
-            let value = it.next().ok_or(Error::BadPairs)?;
-            if name.is_empty() {
-                return Err(Error::EmptyName);
+        let mut seen = NameSet::default();
+        let reject = limits.duplicates == Duplicates::Reject;
+        let mut start = 0;
+        let mut name: &[u8] = &[];
+        let mut in_value = false;
+        for_each_nul(block, |at| {
+            if !in_value {
+                name = &block[start..at];
+                if name.is_empty() {
+                    return Err(Error::EmptyName);
+                }
+                in_value = true;
+                start = at + 1;
+                return Ok(());
             }
+            let value = &block[start..at];
             if count == 0 {
                 if name != b"CONTENT_LENGTH" {
                     return Err(Error::ContentLengthNotFirst);
                 }
-                content_length = Some(parse_length(value)?);
+                content_length = parse_length(value)?;
             }
             has_scgi |= name == b"SCGI" && value == b"1";
-            if limits.duplicates == Duplicates::Reject {
-                let h = hash(name);
-                let seen = if count < names.len() {
-                    &names[..count]
-                } else {
-                    &spill[..]
-                };
-                if (seen.contains(&h) || (count >= names.len() && names.contains(&h)))
-                    && repeated(block, name)
-                {
-                    return Err(Error::DuplicateName);
-                }
-                if count < names.len() {
-                    names[count] = h;
-                } else {
-                    spill.push(h);
-                }
+            if reject && !seen.insert(name) && repeated(block, name) {
+                return Err(Error::DuplicateName);
             }
             count += 1;
+            in_value = false;
+            start = at + 1;
+            Ok(())
+        })?;
+        if in_value {
+            return Err(Error::BadPairs); // a name without a value
+        }
+        if count == 0 {
+            return Err(Error::ContentLengthNotFirst);
         }
         if !has_scgi {
             return Err(Error::MissingScgi);
         }
-        let content_length = content_length.ok_or(Error::ContentLengthNotFirst)?;
         if let Some(limit) = limits.max_body.filter(|&l| content_length > l) {
             return Err(Error::BodyTooLarge {
                 length: content_length,
@@ -123,8 +124,7 @@ impl<'a> ScgiHeader<'a> {
 
     /// The pairs in order.
     pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + use<'a> {
-        let mut it = self.block[..self.block.len() - 1].split(|&b| b == 0);
-        std::iter::from_fn(move || Some((it.next()?, it.next()?)))
+        Pairs::new(self.block).map_while(Result::ok)
     }
 
     /// The value of the first pair named `name`.
@@ -149,20 +149,188 @@ impl<'a> ScgiHeader<'a> {
     }
 }
 
-fn repeated(block: &[u8], name: &[u8]) -> bool {
-    let mut it = block[..block.len() - 1].split(|&b| b == 0);
-    let mut n = 0;
-    while let (Some(k), Some(_)) = (it.next(), it.next()) {
-        n += usize::from(k == name);
-    }
-    n > 1
+const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+
+/// The high bit of each NUL byte of `word`, exactly (no carry crosses a byte).
+#[inline(always)]
+fn nul_mask(word: u64) -> u64 {
+    !(((word & LOW7).wrapping_add(LOW7)) | word | LOW7)
 }
 
-fn hash(name: &[u8]) -> u64 {
-    // FNV-1a: cheap and good enough to skip the byte comparison for distinct names.
-    name.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
+/// Calls `f` with the position of every NUL byte of `block`, 8 bytes at a time, in a
+/// loop the caller's closure is inlined into.
+#[inline(always)]
+pub(crate) fn for_each_nul(block: &[u8], mut f: impl FnMut(usize) -> Result<(), Error>) -> Result<(), Error> {
+    let mut chunks = block.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let Ok(word) = <[u8; 8]>::try_from(chunk) else {
+            continue;
+        };
+        let mut mask = nul_mask(u64::from_le_bytes(word));
+        while mask != 0 {
+            f(base + (mask.trailing_zeros() / 8) as usize)?;
+            mask &= mask - 1;
+        }
+        base += 8;
+    }
+    for (i, &b) in chunks.remainder().iter().enumerate() {
+        if b == 0 {
+            f(base + i)?;
+        }
+    }
+    Ok(())
+}
+
+/// Positions of the NUL bytes of a block, 8 bytes at a time (SWAR): SCGI headers have a
+/// NUL every dozen bytes, too dense for a `memchr` call per field to pay off.
+struct Nuls<'a> {
+    block: &'a [u8],
+    next_word: usize,
+    base: usize,
+    mask: u64,
+}
+
+impl<'a> Nuls<'a> {
+    fn new(block: &'a [u8]) -> Self {
+        Self {
+            block,
+            next_word: 0,
+            base: 0,
+            mask: 0,
+        }
+    }
+}
+
+impl Iterator for Nuls<'_> {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        while self.mask == 0 {
+            let start = self.next_word;
+            let chunk = self.block.get(start..)?;
+            if chunk.is_empty() {
+                return None;
+            }
+            let word = match chunk.first_chunk::<8>() {
+                Some(w) => u64::from_le_bytes(*w),
+                None => {
+                    let mut w = [0xff; 8]; // the tail, padded with non-NUL bytes
+                    w[..chunk.len()].copy_from_slice(chunk);
+                    u64::from_le_bytes(w)
+                }
+            };
+            self.mask = nul_mask(word);
+            self.base = start;
+            self.next_word = start + 8;
+        }
+        let at = self.base + (self.mask.trailing_zeros() / 8) as usize;
+        self.mask &= self.mask - 1;
+        Some(at)
+    }
+}
+
+/// NUL-separated `name NUL value NUL` pairs.
+struct Pairs<'a> {
+    block: &'a [u8],
+    nuls: Nuls<'a>,
+    pos: usize,
+}
+
+impl<'a> Pairs<'a> {
+    fn new(block: &'a [u8]) -> Self {
+        Self {
+            block,
+            nuls: Nuls::new(block),
+            pos: 0,
+        }
+    }
+}
+
+impl<'a> Iterator for Pairs<'a> {
+    type Item = Result<(&'a [u8], &'a [u8]), Error>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        let b = self.block;
+        if self.pos >= b.len() {
+            return None;
+        }
+        let (Some(n), Some(v)) = (self.nuls.next(), self.nuls.next()) else {
+            self.pos = b.len();
+            return Some(Err(Error::BadPairs));
+        };
+        let start = self.pos;
+        self.pos = v + 1;
+        Some(Ok((&b[start..n], &b[n + 1..v])))
+    }
+}
+
+/// Names seen so far, as cheap fingerprints (length and the first and last 8 bytes) in a
+/// small open-addressing table; a matching fingerprint is confirmed by comparing bytes.
+/// No allocation for up to 96 names.
+pub(crate) struct NameSet {
+    table: [u64; 128],
+    len: usize,
+    spill: Vec<u64>,
+}
+
+impl Default for NameSet {
+    fn default() -> Self {
+        Self {
+            table: [0; 128],
+            len: 0,
+            spill: Vec::new(),
+        }
+    }
+}
+
+impl NameSet {
+    #[inline]
+    fn fingerprint(name: &[u8]) -> u64 {
+        let n = name.len();
+        let (first, last) = match (name.first_chunk::<8>(), name.last_chunk::<8>()) {
+            (Some(f), Some(l)) => (u64::from_le_bytes(*f), u64::from_le_bytes(*l)),
+            _ => (name.iter().fold(0u64, |h, &b| (h << 8) | u64::from(b)), 0),
+        };
+        let f = ((n as u64) ^ first ^ last.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        f | 1 // 0 marks an empty slot
+    }
+
+    /// Adds `name`; false if a name with the same fingerprint was seen (maybe the same).
+    #[inline]
+    pub(crate) fn insert(&mut self, name: &[u8]) -> bool {
+        let f = Self::fingerprint(name);
+        if self.len >= 96 {
+            if self.table.contains(&f) || self.spill.contains(&f) {
+                return false;
+            }
+            self.spill.push(f);
+            return true;
+        }
+        let mut i = (f >> 57) as usize;
+        loop {
+            match self.table[i] {
+                0 => {
+                    self.table[i] = f;
+                    self.len += 1;
+                    return true;
+                }
+                g if g == f => return false,
+                _ => i = (i + 1) & 127,
+            }
+        }
+    }
+}
+
+/// Whether `name` appears more than once in `block` (confirms a fingerprint match).
+fn repeated(block: &[u8], name: &[u8]) -> bool {
+    Pairs::new(block)
+        .map_while(Result::ok)
+        .filter(|(k, _)| *k == name)
+        .nth(1)
+        .is_some()
 }
 
 fn parse_length(v: &[u8]) -> Result<u64, Error> {
@@ -179,10 +347,20 @@ fn parse_length(v: &[u8]) -> Result<u64, Error> {
     })
 }
 
+/// How many decimal digits `n` has.
+pub(crate) fn decimal_digits(mut n: usize) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
+}
+
 /// Reads the netstring length prefix: `Ok(None)` while incomplete, else the length and
 /// where the block starts.
 fn netstring_len(buf: &[u8], limits: &ScgiLimits) -> Result<Option<(usize, usize)>, Error> {
-    let max_digits = limits.max_header.to_string().len();
+    let max_digits = decimal_digits(limits.max_header);
     let mut len = 0usize;
     for (i, &b) in buf.iter().enumerate() {
         match b {
@@ -394,6 +572,15 @@ mod tests {
         let hdr = ScgiHeader::parse(block, &join).unwrap();
         let env = hdr.to_env(&Bytes::from_static(block));
         assert_eq!(env.get("HTTP_COOKIE"), Some(&b"a=1; b=2"[..]));
+    }
+
+    #[test]
+    fn nul_positions_match_a_plain_scan() {
+        for len in 0..40 {
+            let block: Vec<u8> = (0..len).map(|i| if i % 3 == 0 || i % 7 == 0 { 0 } else { 0x80 | i as u8 }).collect();
+            let want: Vec<usize> = block.iter().enumerate().filter(|(_, b)| **b == 0).map(|(i, _)| i).collect();
+            assert_eq!(Nuls::new(&block).collect::<Vec<_>>(), want, "len {len}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod decode;
 use bytes::BufMut;
 
 pub use decode::{Duplicates, ScgiDecoder, ScgiHead, ScgiHeader, ScgiLimits, parse_header};
+use decode::NameSet;
 
 use crate::Env;
 
@@ -88,31 +89,48 @@ pub fn encode_request<B: BufMut>(env: &Env, dst: &mut B) -> Result<usize, Error>
         Some((b"CONTENT_LENGTH", _)) => return Err(Error::InvalidContentLength),
         _ => return Err(Error::ContentLengthNotFirst),
     }
-    if env.get("SCGI") != Some(b"1") {
+    if !env.iter().any(|(k, v)| k == b"SCGI" && v == b"1") {
         return Err(Error::MissingScgi);
     }
     let mut size = 0;
-    for (i, (k, v)) in env.iter().enumerate() {
+    let mut pairs = 0;
+    let mut seen = NameSet::default();
+    for (k, v) in env.iter() {
         if k.is_empty() {
             return Err(Error::EmptyName);
         }
-        if k.contains(&0) || v.contains(&0) {
-            return Err(Error::Nul);
-        }
-        if env.iter().take(i).any(|(prev, _)| prev == k) {
+        if !seen.insert(k) && env.get_all(k).nth(1).is_some() {
             return Err(Error::DuplicateName);
         }
         size += k.len() + v.len() + 2;
+        pairs += 1;
     }
-    let len = size.to_string();
-    dst.put_slice(len.as_bytes());
-    dst.put_u8(b':');
+    let digits = decode::decimal_digits(size);
+    let mut prefix = [0u8; 20];
+    let mut n = size;
+    for d in prefix[..digits].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    let mut out = Vec::with_capacity(digits + size + 2);
+    out.extend_from_slice(&prefix[..digits]);
+    out.push(b':');
     for (k, v) in env.iter() {
-        dst.put_slice(k);
-        dst.put_u8(0);
-        dst.put_slice(v);
-        dst.put_u8(0);
+        out.extend_from_slice(k);
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
     }
-    dst.put_u8(b',');
-    Ok(len.len() + size + 2)
+    out.push(b',');
+    // Exactly two NULs per pair, the terminators: any other is inside a name or value.
+    let mut nuls = 0;
+    let _ = decode::for_each_nul(&out, |_| {
+        nuls += 1;
+        Ok(())
+    });
+    if nuls != 2 * pairs {
+        return Err(Error::Nul);
+    }
+    dst.put_slice(&out);
+    Ok(digits + size + 2)
 }
