@@ -25,7 +25,11 @@ fn bench(c: &mut Criterion) {
     g.bench_function("params: validate + 3 lookups", |b| {
         b.iter(|| {
             let p = Params::parse(black_box(&stream)).unwrap();
-            black_box((p.get(b"SCRIPT_NAME"), p.get(b"HTTP_HOST"), p.get(b"CONTENT_LENGTH")))
+            black_box((
+                p.get(b"SCRIPT_NAME"),
+                p.get(b"HTTP_HOST"),
+                p.get(b"CONTENT_LENGTH"),
+            ))
         })
     });
     let mut out = Vec::with_capacity(4096);
@@ -36,13 +40,16 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.throughput(Throughput::Bytes(request.len() as u64));
-    g.bench_function("request: application side to Env (records, shared bytes)", |b| {
-        b.iter(|| {
-            let mut conn = ServerConnection::new(ServerConfig::default());
-            let mut src = BytesMut::from(&request[..]);
-            black_box(conn.poll_event(&mut src).unwrap())
-        })
-    });
+    g.bench_function(
+        "request: application side to Env (records, shared bytes)",
+        |b| {
+            b.iter(|| {
+                let mut conn = ServerConnection::new(ServerConfig::default());
+                let mut src = BytesMut::from(&request[..]);
+                black_box(conn.poll_event(&mut src).unwrap())
+            })
+        },
+    );
     let mut out = BytesMut::with_capacity(4096);
     g.bench_function("request: encode (web-server side)", |b| {
         b.iter(|| {
@@ -65,7 +72,9 @@ fn bench(c: &mut Criterion) {
     let shared = Bytes::from(wire.clone());
     g.bench_function("header: decode to Env (shared bytes)", |b| {
         b.iter(|| {
-            let (h, _) = scgi::parse_header(black_box(&shared), &limits).unwrap().unwrap();
+            let (h, _) = scgi::parse_header(black_box(&shared), &limits)
+                .unwrap()
+                .unwrap();
             black_box(h.to_env(&shared))
         })
     });
@@ -87,7 +96,8 @@ fn bench(c: &mut Criterion) {
             .server_name("example.com");
         b.iter(|| black_box(builder.build(black_box(&head)).unwrap()))
     });
-    let resp = b"Status: 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nX-Frame-Options: DENY\r\n\
+    let resp =
+        b"Status: 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nX-Frame-Options: DENY\r\n\
                  Vary: Cookie\r\nContent-Length: 1234\r\nSet-Cookie: csrftoken=abc; Path=/\r\n\r\n";
     g.throughput(Throughput::Bytes(resp.len() as u64));
     g.bench_function("response head: parse", |b| {

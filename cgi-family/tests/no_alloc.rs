@@ -45,7 +45,9 @@ fn params_and_scgi_header_decode_without_allocating() {
     let p = Params::parse(params.content).unwrap();
     let n = p.iter().count();
     let host = p.get(b"HTTP_HOST");
-    let (h, _) = cgi_family::scgi::parse_header(&scgi, &limits).unwrap().unwrap();
+    let (h, _) = cgi_family::scgi::parse_header(&scgi, &limits)
+        .unwrap()
+        .unwrap();
     let m = h.iter().count();
     let uri = h.get(b"REQUEST_URI");
     let after = ALLOCS.load(Ordering::SeqCst);

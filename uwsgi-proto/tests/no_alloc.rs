@@ -26,7 +26,11 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn parse_iterate_and_look_up_without_allocating() {
-    let wire = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/nginx_get.bin")).unwrap();
+    let wire = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/nginx_get.bin"
+    ))
+    .unwrap();
     let limits = uwsgi_proto::Limits::new();
     let before = ALLOCS.load(Ordering::SeqCst);
     let (packet, _) = uwsgi_proto::parse_packet(&wire, &limits).unwrap().unwrap();

@@ -160,7 +160,10 @@ fn nul_mask(word: u64) -> u64 {
 /// Calls `f` with the position of every NUL byte of `block`, 8 bytes at a time, in a
 /// loop the caller's closure is inlined into.
 #[inline(always)]
-pub(crate) fn for_each_nul(block: &[u8], mut f: impl FnMut(usize) -> Result<(), Error>) -> Result<(), Error> {
+pub(crate) fn for_each_nul(
+    block: &[u8],
+    mut f: impl FnMut(usize) -> Result<(), Error>,
+) -> Result<(), Error> {
     let mut chunks = block.chunks_exact(8);
     let mut base = 0;
     for chunk in &mut chunks {
@@ -577,8 +580,21 @@ mod tests {
     #[test]
     fn nul_positions_match_a_plain_scan() {
         for len in 0..40 {
-            let block: Vec<u8> = (0..len).map(|i| if i % 3 == 0 || i % 7 == 0 { 0 } else { 0x80 | i as u8 }).collect();
-            let want: Vec<usize> = block.iter().enumerate().filter(|(_, b)| **b == 0).map(|(i, _)| i).collect();
+            let block: Vec<u8> = (0..len)
+                .map(|i| {
+                    if i % 3 == 0 || i % 7 == 0 {
+                        0
+                    } else {
+                        0x80 | i as u8
+                    }
+                })
+                .collect();
+            let want: Vec<usize> = block
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b == 0)
+                .map(|(i, _)| i)
+                .collect();
             assert_eq!(Nuls::new(&block).collect::<Vec<_>>(), want, "len {len}");
         }
     }

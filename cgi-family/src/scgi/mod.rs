@@ -11,8 +11,8 @@ mod decode;
 
 use bytes::BufMut;
 
-pub use decode::{Duplicates, ScgiDecoder, ScgiHead, ScgiHeader, ScgiLimits, parse_header};
 use decode::NameSet;
+pub use decode::{Duplicates, ScgiDecoder, ScgiHead, ScgiHeader, ScgiLimits, parse_header};
 
 use crate::Env;
 
