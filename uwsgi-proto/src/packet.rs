@@ -44,10 +44,10 @@ impl<'a> Packet<'a> {
 ///
 /// ```
 /// use uwsgi_proto::{parse_packet, Limits, Modifier1};
-/// let wire = b"\x00\x0d\x00\x00\x04\x00HOST\x03\x00a.b" as &[u8];
+/// let wire = b"\x00\x0b\x00\x00\x04\x00HOST\x03\x00a.b" as &[u8];
 /// assert_eq!(parse_packet(&wire[..10], &Limits::new())?, None); // not all there yet
 /// let (packet, used) = parse_packet(wire, &Limits::new())?.unwrap();
-/// assert_eq!(used, 17);
+/// assert_eq!(used, 15);
 /// assert_eq!(packet.header.modifier1, Modifier1::WSGI);
 /// assert_eq!(packet.vars()?.get(b"HOST"), Some(&b"a.b"[..]));
 /// # Ok::<(), uwsgi_proto::Error>(())
