@@ -28,6 +28,10 @@ pub enum Flavor {
     /// RFC 3875: GATEWAY_INTERFACE, SCRIPT_NAME (`""` at the root) and PATH_INFO always,
     /// CONTENT_* only when present; `Proxy` (httpoxy) and `Authorization` are not passed.
     Cgi,
+    /// The RFC 3875 set for a WSGI environ (PEP 3333): as [`Flavor::Cgi`], but
+    /// `Authorization` is passed as `HTTP_AUTHORIZATION` (token-auth apps read it); `Proxy`
+    /// is still dropped, in case an app copies its environ into the process environment.
+    Wsgi,
 }
 
 /// Why a request target cannot become PATH_INFO (nginx answers these with 400).
@@ -334,7 +338,7 @@ impl EnvBuilder {
                 put("SERVER_NAME", self.server_name.clone());
                 put("HTTP_HOST", host);
             }
-            Flavor::Cgi => {
+            Flavor::Cgi | Flavor::Wsgi => {
                 put("GATEWAY_INTERFACE", Bytes::from_static(b"CGI/1.1"));
                 put("SERVER_SOFTWARE", self.server_software.clone());
                 put("REQUEST_METHOD", head.method.clone());
@@ -389,7 +393,8 @@ impl EnvBuilder {
                 Bytes::copy_from_slice(&uri[m.len()..]),
             );
         }
-        let script = (!m.is_empty() || self.flavor == Flavor::Cgi).then(Bytes::new);
+        let script = (!m.is_empty() || matches!(self.flavor, Flavor::Cgi | Flavor::Wsgi))
+            .then(Bytes::new);
         (script, Bytes::copy_from_slice(uri))
     }
 
@@ -427,12 +432,14 @@ impl EnvBuilder {
                 b'-' => b'_',
                 b => b.to_ascii_uppercase(),
             }));
-            if self.flavor == Flavor::Cgi
-                && (&var[..] == b"HTTP_PROXY" || &var[..] == b"HTTP_AUTHORIZATION")
+            let rfc = matches!(self.flavor, Flavor::Cgi | Flavor::Wsgi);
+            if rfc
+                && (&var[..] == b"HTTP_PROXY"
+                    || (self.flavor == Flavor::Cgi && &var[..] == b"HTTP_AUTHORIZATION"))
             {
                 continue;
             }
-            if self.flavor != Flavor::Cgi && &var[..] == b"HTTP_HOST" {
+            if !rfc && &var[..] == b"HTTP_HOST" {
                 continue; // the stock params send $host instead
             }
             if self.is_param(&var) {

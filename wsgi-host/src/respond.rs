@@ -1,0 +1,383 @@
+//! `start_response`, `write()`, `wsgi.errors`, `wsgi.file_wrapper`, and the shared state
+//! that turns what the application says into a [`WsgiResponse`](crate::WsgiResponse).
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use pyo3::exceptions::{PyAssertionError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{AbortError, BodyChunk, ResponseHead};
+
+/// Hop-by-hop headers an application must not send (PEP 3333, RFC 2616 13.5.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+];
+
+pub(crate) type BodyTx = mpsc::Sender<Result<BodyChunk, AbortError>>;
+
+/// What the application has said so far, and where the response goes.
+pub(crate) struct Responder {
+    pub(crate) status: Option<(u16, String)>,
+    pub(crate) headers: Vec<(Bytes, Bytes)>,
+    pub(crate) content_length: Option<u64>,
+    head_tx: Option<oneshot::Sender<(ResponseHead, mpsc::Receiver<Result<BodyChunk, AbortError>>)>>,
+    body_tx: Option<BodyTx>,
+    pub(crate) client_gone: bool,
+}
+
+pub(crate) type Shared = Arc<Mutex<Responder>>;
+
+pub(crate) fn lock(r: &Shared) -> std::sync::MutexGuard<'_, Responder> {
+    r.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Responder {
+    pub(crate) fn new(
+        head_tx: oneshot::Sender<(ResponseHead, mpsc::Receiver<Result<BodyChunk, AbortError>>)>,
+    ) -> Shared {
+        Arc::new(Mutex::new(Self {
+            status: None,
+            headers: Vec::new(),
+            content_length: None,
+            head_tx: Some(head_tx),
+            body_tx: None,
+            client_gone: false,
+        }))
+    }
+
+    /// Whether the headers went out.
+    pub(crate) fn sent(&self) -> bool {
+        self.head_tx.is_none()
+    }
+
+    /// Sends the head (once); `length` is the body length when the host knows it.
+    /// Returns the body sender, or `None` if the client is gone or the app never
+    /// called start_response.
+    pub(crate) fn send_head(&mut self, length: Option<u64>) -> Result<Option<BodyTx>, &'static str> {
+        if let Some(tx) = self.head_tx.take() {
+            let Some((status, reason)) = self.status.clone() else {
+                return Err("the application did not call start_response");
+            };
+            let (btx, brx) = mpsc::channel(4);
+            let head = ResponseHead {
+                status,
+                reason,
+                headers: self.headers.clone(),
+                content_length: self.content_length.or(length),
+            };
+            if tx.send((head, brx)).is_err() {
+                self.client_gone = true;
+                return Ok(None);
+            }
+            self.body_tx = Some(btx);
+        }
+        Ok(self.body_tx.clone())
+    }
+
+    /// Sends a 500 (before any header went out).
+    pub(crate) fn send_error(&mut self, status: u16, reason: &str) {
+        if let Some(tx) = self.head_tx.take() {
+            let body = Bytes::from(format!("{status} {reason}\n"));
+            let (btx, brx) = mpsc::channel(1);
+            let head = ResponseHead {
+                status,
+                reason: reason.to_owned(),
+                headers: vec![(
+                    Bytes::from_static(b"Content-Type"),
+                    Bytes::from_static(b"text/plain; charset=utf-8"),
+                )],
+                content_length: Some(body.len() as u64),
+            };
+            let _ = btx.try_send(Ok(BodyChunk::Data(body)));
+            let _ = tx.send((head, brx));
+        }
+    }
+
+    /// Ends the body (dropping the sender), or cuts it short with `abort`.
+    pub(crate) fn finish(&mut self, abort: Option<String>) {
+        if let (Some(tx), Some(reason)) = (self.body_tx.take(), abort) {
+            let _ = tx.try_send(Err(AbortError(reason)));
+        }
+    }
+}
+
+/// Sends one body piece, waiting for room with the GIL released; false if the client
+/// went away.
+pub(crate) fn send_chunk(py: Python<'_>, tx: &BodyTx, chunk: BodyChunk) -> bool {
+    match tx.try_send(Ok(chunk)) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Full(item)) => py.detach(|| tx.blocking_send(item).is_ok()),
+    }
+}
+
+fn latin1_bytes(s: &Bound<'_, PyString>, what: &str) -> PyResult<Bytes> {
+    let text = s.to_str()?;
+    text.chars()
+        .map(|c| u8::try_from(u32::from(c)).map_err(|_| ()))
+        .collect::<Result<Vec<u8>, ()>>()
+        .map(Bytes::from)
+        .map_err(|()| PyValueError::new_err(format!("{what} must be encodable in latin-1: {text:?}")))
+}
+
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Checks and converts a status string: `NNN reason`, no control characters.
+fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<(u16, String)> {
+    let s = status
+        .cast::<PyString>()
+        .map_err(|_| PyTypeError::new_err("status must be a str"))?;
+    let raw = latin1_bytes(s, "status")?;
+    let bad = || PyValueError::new_err(format!("malformed status {:?}", String::from_utf8_lossy(&raw)));
+    if raw.len() < 3 || !raw[..3].iter().all(u8::is_ascii_digit) || raw[0] == b'0' {
+        return Err(bad());
+    }
+    if raw.len() > 3 && raw[3] != b' ' {
+        return Err(bad());
+    }
+    if raw.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return Err(bad());
+    }
+    let code = raw[..3].iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    let reason = raw.get(4..).map(|r| r.iter().map(|&b| char::from(b)).collect()).unwrap_or_default();
+    Ok((code, reason))
+}
+
+/// Checks and converts the header list.
+fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<(Vec<(Bytes, Bytes)>, Option<u64>)> {
+    if !headers.is_exact_instance_of::<PyList>() {
+        return Err(PyTypeError::new_err("response_headers must be a list"));
+    }
+    let mut out = Vec::new();
+    let mut length = None;
+    for item in headers.try_iter()? {
+        let item = item?;
+        let pair = item
+            .cast::<PyTuple>()
+            .map_err(|_| PyTypeError::new_err("each header must be a (name, value) tuple"))?;
+        if pair.len() != 2 {
+            return Err(PyTypeError::new_err("each header must be a (name, value) tuple"));
+        }
+        let (name, value) = (pair.get_item(0)?, pair.get_item(1)?);
+        let (Ok(name), Ok(value)) = (name.cast::<PyString>(), value.cast::<PyString>()) else {
+            return Err(PyTypeError::new_err(format!(
+                "header names and values must be str, got {:?}",
+                pair.repr()?.to_str()?
+            )));
+        };
+        let name = latin1_bytes(name, "header name")?;
+        let value = latin1_bytes(value, "header value")?;
+        if name.is_empty() || !name.iter().all(|&b| is_token(b)) {
+            return Err(PyValueError::new_err(format!(
+                "invalid header name {:?}",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(PyValueError::new_err(format!(
+                "control character (CR/LF?) in the value of header {:?}",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        let lower = name.to_ascii_lowercase();
+        if HOP_BY_HOP.iter().any(|h| h.as_bytes() == lower.as_slice()) {
+            return Err(PyAssertionError::new_err(format!(
+                "hop-by-hop header {:?} is not allowed in a WSGI response",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        if lower == b"content-length" {
+            length = std::str::from_utf8(&value).ok().and_then(|v| v.trim().parse().ok());
+        }
+        out.push((name, value));
+    }
+    Ok((out, length))
+}
+
+/// The `start_response` callable.
+#[pyclass(frozen, module = "wsgi_host")]
+pub struct StartResponse {
+    pub(crate) shared: Shared,
+}
+
+#[pymethods]
+impl StartResponse {
+    #[pyo3(signature = (status, response_headers, exc_info=None))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        status: &Bound<'_, PyAny>,
+        response_headers: &Bound<'_, PyAny>,
+        exc_info: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Write>> {
+        let exc_info = exc_info.filter(|e| !e.is_none());
+        {
+            let r = lock(&self.shared);
+            match exc_info {
+                Some(info) if r.sent() => {
+                    // Headers already went out: re-raise the app's exception (PEP 3333).
+                    let value = info.get_item(1)?;
+                    return Err(PyErr::from_value(value));
+                }
+                None if r.status.is_some() => {
+                    return Err(PyAssertionError::new_err(
+                        "start_response called a second time without exc_info",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let status = parse_status(status)?;
+        let (headers, length) = parse_headers(response_headers)?;
+        let mut r = lock(&self.shared);
+        r.status = Some(status);
+        r.headers = headers;
+        r.content_length = length;
+        drop(r);
+        Py::new(
+            py,
+            Write {
+                shared: self.shared.clone(),
+            },
+        )
+    }
+}
+
+/// The `write()` callable start_response returns.
+#[pyclass(frozen, module = "wsgi_host")]
+pub struct Write {
+    shared: Shared,
+}
+
+#[pymethods]
+impl Write {
+    fn __call__(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let data = data
+            .cast::<PyBytes>()
+            .map_err(|_| PyTypeError::new_err("write() takes bytes"))?;
+        let tx = lock(&self.shared)
+            .send_head(None)
+            .map_err(PyRuntimeError::new_err)?;
+        let Some(tx) = tx else {
+            return Err(PyRuntimeError::new_err("the client went away"));
+        };
+        if data.as_bytes().is_empty() {
+            return Ok(());
+        }
+        if !send_chunk(py, &tx, BodyChunk::Data(Bytes::copy_from_slice(data.as_bytes()))) {
+            lock(&self.shared).client_gone = true;
+            return Err(PyRuntimeError::new_err("the client went away"));
+        }
+        Ok(())
+    }
+}
+
+/// `wsgi.errors`: text written here goes to the log, a line at a time, with the request id.
+#[pyclass(frozen, module = "wsgi_host", name = "Errors")]
+pub struct ErrorStream {
+    pub(crate) request_id: u64,
+    pub(crate) pending: Mutex<String>,
+}
+
+impl ErrorStream {
+    fn emit(&self, flush_all: bool) {
+        let mut p = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(i) = p.find('\n') {
+            let line: String = p.drain(..=i).collect();
+            tracing::error!(target: "wsgi.errors", request_id = self.request_id, "{}", line.trim_end());
+        }
+        if flush_all && !p.is_empty() {
+            tracing::error!(target: "wsgi.errors", request_id = self.request_id, "{}", p.as_str());
+            p.clear();
+        }
+    }
+}
+
+#[pymethods]
+impl ErrorStream {
+    fn write(&self, s: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let s = s
+            .cast::<PyString>()
+            .map_err(|_| PyTypeError::new_err("wsgi.errors.write() takes a str"))?;
+        let text = s.to_string_lossy();
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push_str(&text);
+        self.emit(false);
+        Ok(text.chars().count())
+    }
+
+    fn writelines(&self, lines: &Bound<'_, PyAny>) -> PyResult<()> {
+        for line in lines.try_iter()? {
+            self.write(&line?)?;
+        }
+        Ok(())
+    }
+
+    /// Writes out a partial last line.
+    pub fn flush(&self) {
+        self.emit(true);
+    }
+}
+
+/// `wsgi.file_wrapper(filelike, block_size=8192)`: iterates the file in blocks; when the
+/// application returns it, a real file is handed to the server whole (no copy through
+/// Python).
+#[pyclass(frozen, module = "wsgi_host")]
+pub struct FileWrapper {
+    pub(crate) filelike: Py<PyAny>,
+    pub(crate) block_size: usize,
+}
+
+#[pymethods]
+impl FileWrapper {
+    #[new]
+    #[pyo3(signature = (filelike, block_size=8192))]
+    fn new(filelike: Py<PyAny>, block_size: usize) -> Self {
+        Self {
+            filelike,
+            block_size: block_size.max(1),
+        }
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let block = self.filelike.bind(py).call_method1("read", (self.block_size,))?;
+        Ok((block.len().unwrap_or(0) > 0).then_some(block))
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let f = self.filelike.bind(py);
+        if f.hasattr("close")? {
+            f.call_method0("close")?;
+        }
+        Ok(())
+    }
+}
+
+macro_rules! opaque_debug {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t)).finish_non_exhaustive()
+            }
+        }
+    )*};
+}
+opaque_debug!(StartResponse, Write, ErrorStream, FileWrapper, crate::input::WsgiInput);

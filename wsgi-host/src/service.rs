@@ -1,0 +1,244 @@
+//! A `tower::Service` adapter, so any hyper or axum server can mount a WSGI app.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use cgi_family::{EnvBuilder, Flavor, RequestHead};
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::mpsc;
+
+use crate::{AbortError, BodyChunk, BodyError, HostError, RequestBody, WsgiHost, WsgiRequest};
+
+/// A WSGI app as a `tower::Service<http::Request<B>>`, mounted at a path prefix (which
+/// becomes SCRIPT_NAME). The peer address is taken from a `SocketAddr` request extension
+/// when the server puts one there.
+///
+/// ```no_run
+/// # fn demo(host: wsgi_host::WsgiHost) {
+/// let service = wsgi_host::WsgiService::new(host).mount("/legacy");
+/// // e.g. axum: Router::new().nest_service("/legacy", service)
+/// # let _ = service;
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct WsgiService {
+    host: WsgiHost,
+    mount: Bytes,
+    server_name: Bytes,
+}
+
+impl WsgiService {
+    /// Serves `host` at the root.
+    pub fn new(host: WsgiHost) -> Self {
+        Self {
+            host,
+            mount: Bytes::new(),
+            server_name: Bytes::from_static(b"localhost"),
+        }
+    }
+
+    /// Mounts the app at `prefix` (SCRIPT_NAME = prefix, PATH_INFO = the rest).
+    pub fn mount(mut self, prefix: impl Into<Bytes>) -> Self {
+        self.mount = prefix.into();
+        self
+    }
+
+    /// SERVER_NAME (default `localhost`).
+    pub fn server_name(mut self, name: impl Into<Bytes>) -> Self {
+        self.server_name = name.into();
+        self
+    }
+}
+
+fn version(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn plain(status: u16, text: &'static str) -> http::Response<ResponseBody> {
+    let mut r = http::Response::new(ResponseBody::full(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    r
+}
+
+impl<B> tower_service::Service<http::Request<B>> for WsgiService
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display + Send,
+{
+    type Response = http::Response<ResponseBody>;
+    type Error = HostError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, HostError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), HostError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let (parts, mut body) = req.into_parts();
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
+        let mut head = RequestHead::new(parts.method.as_str().to_owned(), target, version(parts.version));
+        for (name, value) in &parts.headers {
+            head.push_header(name.as_str().to_owned(), Bytes::copy_from_slice(value.as_bytes()));
+        }
+        if head.header_value("host").is_none() {
+            if let Some(authority) = parts.uri.authority() {
+                head.push_header("Host", authority.as_str().to_owned());
+            }
+        }
+        let mut builder = EnvBuilder::new(Flavor::Wsgi)
+            .mount(self.mount.clone())
+            .server_name(self.server_name.clone());
+        if let Some(peer) = parts.extensions.get::<SocketAddr>() {
+            builder = builder.peer(*peer);
+        }
+        let env = builder.build(&head);
+        let host = self.host.clone();
+        Box::pin(async move {
+            let Ok(env) = env else {
+                return Ok(plain(400, "Bad Request\n"));
+            };
+            let body = if body.is_end_stream() {
+                RequestBody::Empty
+            } else {
+                let (tx, rx) = RequestBody::channel(4);
+                tokio::spawn(async move {
+                    loop {
+                        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+                        let item = match frame {
+                            None => return,
+                            Some(Ok(f)) => match f.into_data() {
+                                Ok(d) => Ok(d),
+                                Err(_) => continue, // trailers
+                            },
+                            Some(Err(e)) => Err(BodyError(e.to_string())),
+                        };
+                        let stop = item.is_err();
+                        if tx.send(item).await.is_err() || stop {
+                            return;
+                        }
+                    }
+                });
+                rx
+            };
+            let response = host.call(WsgiRequest::new(env).with_body(body)).await?;
+            let head = response.head;
+            let mut out = http::Response::new(ResponseBody {
+                rx: Some(response.body),
+                file: None,
+                full: None,
+                length: head.content_length,
+            });
+            *out.status_mut() =
+                http::StatusCode::from_u16(head.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+            for (k, v) in head.headers {
+                if let (Ok(k), Ok(v)) = (
+                    http::HeaderName::from_bytes(&k),
+                    http::HeaderValue::from_maybe_shared(v),
+                ) {
+                    out.headers_mut().append(k, v);
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// The body of a [`WsgiService`] response: the application's blocks as they come, files
+/// from `wsgi.file_wrapper` read in 64 KiB blocks off the async threads.
+#[derive(Debug)]
+pub struct ResponseBody {
+    rx: Option<mpsc::Receiver<Result<BodyChunk, AbortError>>>,
+    file: Option<mpsc::Receiver<Result<Bytes, AbortError>>>,
+    full: Option<Bytes>,
+    length: Option<u64>,
+}
+
+impl ResponseBody {
+    fn full(b: Bytes) -> Self {
+        Self {
+            rx: None,
+            file: None,
+            length: Some(b.len() as u64),
+            full: Some(b),
+        }
+    }
+}
+
+fn read_file(file: std::fs::File, offset: u64, len: u64) -> mpsc::Receiver<Result<Bytes, AbortError>> {
+    let (tx, rx) = mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        let mut at = offset;
+        let end = offset + len;
+        let mut buf = vec![0u8; 64 * 1024];
+        while at < end {
+            let want = usize::try_from(end - at).map_or(buf.len(), |w| w.min(buf.len()));
+            let item = match file.read_at(&mut buf[..want], at) {
+                Ok(0) => Err(AbortError("the file is shorter than announced".into())),
+                Ok(n) => {
+                    at += n as u64;
+                    Ok(Bytes::copy_from_slice(&buf[..n]))
+                }
+                Err(e) => Err(AbortError(e.to_string())),
+            };
+            let stop = item.is_err();
+            if tx.blocking_send(item).is_err() || stop {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = AbortError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, AbortError>>> {
+        if let Some(b) = self.full.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        loop {
+            if let Some(file) = self.file.as_mut() {
+                match ready!(file.poll_recv(cx)) {
+                    Some(item) => return Poll::Ready(Some(item.map(Frame::data))),
+                    None => self.file = None,
+                }
+            }
+            let Some(rx) = self.rx.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match ready!(rx.poll_recv(cx)) {
+                None => {
+                    self.rx = None;
+                    return Poll::Ready(None);
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Some(Ok(BodyChunk::Data(d))) => return Poll::Ready(Some(Ok(Frame::data(d)))),
+                Some(Ok(BodyChunk::File { file, offset, len })) => {
+                    self.file = Some(read_file(file, offset, len));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rx.is_none() && self.file.is_none() && self.full.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.length.map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}

@@ -1,0 +1,136 @@
+//! What goes in and out of the host on the Rust side.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use cgi_family::Env;
+use tokio::sync::mpsc;
+
+use crate::{AbortError, BodyError};
+
+/// One request for the application: its CGI env and its body.
+#[derive(Debug)]
+pub struct WsgiRequest {
+    /// The CGI variables (REQUEST_METHOD, PATH_INFO, HTTP_*, ...).
+    pub env: Env,
+    /// The body.
+    pub body: RequestBody,
+    /// Whether the connection the request came on is TLS (`wsgi.url_scheme`).
+    pub https: bool,
+}
+
+impl WsgiRequest {
+    /// A request without a body.
+    pub fn new(env: Env) -> Self {
+        Self {
+            env,
+            body: RequestBody::Empty,
+            https: false,
+        }
+    }
+
+    /// Sets the body.
+    pub fn with_body(mut self, body: RequestBody) -> Self {
+        self.body = body;
+        self
+    }
+}
+
+/// A request body: nothing, all of it at once, or streamed as it arrives.
+#[derive(Debug, Default)]
+pub enum RequestBody {
+    /// No body.
+    #[default]
+    Empty,
+    /// The whole body.
+    Full(Bytes),
+    /// Pieces as they arrive; the stream ends when the sender is dropped. `wsgi.input`
+    /// waits for them with the GIL released, and never hands out more than
+    /// `CONTENT_LENGTH` bytes when the env has one.
+    Stream(mpsc::Receiver<Result<Bytes, BodyError>>),
+}
+
+impl RequestBody {
+    /// A streamed body and the sender that feeds it (`capacity` pieces in flight).
+    pub fn channel(capacity: usize) -> (mpsc::Sender<Result<Bytes, BodyError>>, Self) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (tx, Self::Stream(rx))
+    }
+}
+
+/// The status line and headers the application chose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// The status code.
+    pub status: u16,
+    /// The reason phrase as the app gave it (may be empty).
+    pub reason: String,
+    /// The headers, in the app's order, as latin-1 bytes.
+    pub headers: Vec<(Bytes, Bytes)>,
+    /// The body length, when known: the app's `Content-Length`, the length of a
+    /// single-block body, or of a file sent through `wsgi.file_wrapper`.
+    pub content_length: Option<u64>,
+}
+
+impl ResponseHead {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| &v[..])
+    }
+}
+
+/// A piece of response body.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BodyChunk {
+    /// Bytes the application yielded.
+    Data(Bytes),
+    /// A region of a real file returned through `wsgi.file_wrapper`: send it without
+    /// copying it through Python (sendfile where the transport allows).
+    File {
+        /// The file (its own open file description).
+        file: std::fs::File,
+        /// Where to start.
+        offset: u64,
+        /// How many bytes to send.
+        len: u64,
+    },
+}
+
+/// A response: the head, then the body as it is produced.
+#[derive(Debug)]
+pub struct WsgiResponse {
+    /// Status and headers.
+    pub head: ResponseHead,
+    /// The body pieces; the stream ends when the application's iterable is exhausted
+    /// (and `close()` was called). An `Err` means the response must be cut short.
+    pub body: mpsc::Receiver<Result<BodyChunk, AbortError>>,
+}
+
+/// How the host runs the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostOptions {
+    /// Python threads serving requests (uWSGI's `threads`).
+    pub threads: usize,
+    /// `wsgi.multiprocess`: whether other processes run the same app (`processes > 1`).
+    pub multiprocess: bool,
+    /// Requests waiting for a free thread before new ones are refused (503).
+    pub queue: usize,
+    /// Peers whose `X-Forwarded-Proto` is believed for `wsgi.url_scheme` (uWSGI believes
+    /// any client).
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        Self {
+            threads: 1,
+            multiprocess: false,
+            queue: 1024,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
