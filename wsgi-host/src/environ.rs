@@ -8,8 +8,8 @@ use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 use pyo3::{IntoPyObjectExt, intern};
 
 use crate::HostOptions;
-use crate::respond::{ErrorStream, FileWrapper};
 use crate::input::WsgiInput;
+use crate::respond::{ErrorStream, FileWrapper};
 
 /// Objects every environ shares, made once per worker thread.
 pub(crate) struct Statics {
@@ -48,20 +48,61 @@ macro_rules! interned_keys {
 
 /// The key as a Python string, interned for the names every request carries.
 fn key<'py>(py: Python<'py>, k: &[u8]) -> Bound<'py, PyString> {
-    interned_keys!(py, k, [
-        "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "REQUEST_URI",
-        "CONTENT_TYPE", "CONTENT_LENGTH", "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL",
-        "SERVER_ADDR", "SERVER_SOFTWARE", "GATEWAY_INTERFACE", "REMOTE_ADDR", "REMOTE_PORT",
-        "REMOTE_USER", "AUTH_TYPE", "REQUEST_SCHEME", "HTTPS", "DOCUMENT_ROOT", "DOCUMENT_URI",
-        "HTTP_HOST", "HTTP_USER_AGENT", "HTTP_ACCEPT", "HTTP_ACCEPT_LANGUAGE",
-        "HTTP_ACCEPT_ENCODING", "HTTP_CONNECTION", "HTTP_COOKIE", "HTTP_REFERER",
-        "HTTP_ORIGIN", "HTTP_CACHE_CONTROL", "HTTP_PRAGMA", "HTTP_AUTHORIZATION",
-        "HTTP_UPGRADE_INSECURE_REQUESTS", "HTTP_SEC_FETCH_DEST", "HTTP_SEC_FETCH_MODE",
-        "HTTP_SEC_FETCH_SITE", "HTTP_SEC_FETCH_USER", "HTTP_X_FORWARDED_FOR",
-        "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST", "HTTP_X_REAL_IP",
-        "HTTP_X_REQUESTED_WITH", "HTTP_X_CSRFTOKEN", "HTTP_IF_NONE_MATCH",
-        "HTTP_IF_MODIFIED_SINCE", "HTTP_TRANSFER_ENCODING", "HTTP_EXPECT", "HTTP_DNT",
-    ])
+    interned_keys!(
+        py,
+        k,
+        [
+            "REQUEST_METHOD",
+            "SCRIPT_NAME",
+            "PATH_INFO",
+            "QUERY_STRING",
+            "REQUEST_URI",
+            "CONTENT_TYPE",
+            "CONTENT_LENGTH",
+            "SERVER_NAME",
+            "SERVER_PORT",
+            "SERVER_PROTOCOL",
+            "SERVER_ADDR",
+            "SERVER_SOFTWARE",
+            "GATEWAY_INTERFACE",
+            "REMOTE_ADDR",
+            "REMOTE_PORT",
+            "REMOTE_USER",
+            "AUTH_TYPE",
+            "REQUEST_SCHEME",
+            "HTTPS",
+            "DOCUMENT_ROOT",
+            "DOCUMENT_URI",
+            "HTTP_HOST",
+            "HTTP_USER_AGENT",
+            "HTTP_ACCEPT",
+            "HTTP_ACCEPT_LANGUAGE",
+            "HTTP_ACCEPT_ENCODING",
+            "HTTP_CONNECTION",
+            "HTTP_COOKIE",
+            "HTTP_REFERER",
+            "HTTP_ORIGIN",
+            "HTTP_CACHE_CONTROL",
+            "HTTP_PRAGMA",
+            "HTTP_AUTHORIZATION",
+            "HTTP_UPGRADE_INSECURE_REQUESTS",
+            "HTTP_SEC_FETCH_DEST",
+            "HTTP_SEC_FETCH_MODE",
+            "HTTP_SEC_FETCH_SITE",
+            "HTTP_SEC_FETCH_USER",
+            "HTTP_X_FORWARDED_FOR",
+            "HTTP_X_FORWARDED_PROTO",
+            "HTTP_X_FORWARDED_HOST",
+            "HTTP_X_REAL_IP",
+            "HTTP_X_REQUESTED_WITH",
+            "HTTP_X_CSRFTOKEN",
+            "HTTP_IF_NONE_MATCH",
+            "HTTP_IF_MODIFIED_SINCE",
+            "HTTP_TRANSFER_ENCODING",
+            "HTTP_EXPECT",
+            "HTTP_DNT",
+        ]
+    )
 }
 
 fn scheme(env: &Env, https: bool, opts: &HostOptions) -> &'static str {
@@ -135,10 +176,22 @@ pub(crate) fn build<'py>(
     d.set_item(intern!(py, "wsgi.url_scheme"), PyString::intern(py, scheme))?;
     d.set_item(intern!(py, "wsgi.input"), input)?;
     d.set_item(intern!(py, "wsgi.errors"), errors)?;
-    d.set_item(intern!(py, "wsgi.multithread"), (opts.threads > 1).into_bound_py_any(py)?)?;
-    d.set_item(intern!(py, "wsgi.multiprocess"), opts.multiprocess.into_bound_py_any(py)?)?;
+    d.set_item(
+        intern!(py, "wsgi.multithread"),
+        (opts.threads > 1).into_bound_py_any(py)?,
+    )?;
+    d.set_item(
+        intern!(py, "wsgi.multiprocess"),
+        opts.multiprocess.into_bound_py_any(py)?,
+    )?;
     d.set_item(intern!(py, "wsgi.run_once"), false.into_bound_py_any(py)?)?;
-    d.set_item(intern!(py, "wsgi.input_terminated"), true.into_bound_py_any(py)?)?;
-    d.set_item(intern!(py, "wsgi.file_wrapper"), statics.file_wrapper.bind(py))?;
+    d.set_item(
+        intern!(py, "wsgi.input_terminated"),
+        true.into_bound_py_any(py)?,
+    )?;
+    d.set_item(
+        intern!(py, "wsgi.file_wrapper"),
+        statics.file_wrapper.bind(py),
+    )?;
     Ok(d)
 }

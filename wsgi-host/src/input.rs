@@ -172,7 +172,11 @@ fn size_arg(size: Option<&Bound<'_, PyAny>>) -> PyResult<Option<usize>> {
 impl WsgiInput {
     /// `read(size=-1)`: up to `size` bytes, or the rest of the body; `b''` at the end.
     #[pyo3(signature = (size=None))]
-    fn read<'py>(&self, py: Python<'py>, size: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyBytes>> {
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        size: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let data = self.read_impl(py, size_arg(size)?)?;
         Ok(PyBytes::new(py, &data))
     }
@@ -220,4 +224,3 @@ impl WsgiInput {
         Ok((!line.is_empty()).then(|| PyBytes::new(py, &line)))
     }
 }
-

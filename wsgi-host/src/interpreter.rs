@@ -146,7 +146,10 @@ pub(crate) fn load(py: Python<'_>, spec: &AppSpec) -> Result<Py<PyAny>, LoadErro
             .join("site-packages");
         let before = path.len();
         site.call_method1("addsitedir", (packages.to_string_lossy().into_owned(),))
-            .map_err(py_err(py, format!("adding the virtualenv {}", home.display())))?;
+            .map_err(py_err(
+                py,
+                format!("adding the virtualenv {}", home.display()),
+            ))?;
         // addsitedir appends: move what it added to the front, as a virtualenv would be.
         let added: Vec<Py<PyAny>> = (before..path.len())
             .filter_map(|i| path.get_item(i).ok().map(Bound::unbind))

@@ -24,13 +24,18 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 pub(crate) type BodyTx = mpsc::Sender<Result<BodyChunk, AbortError>>;
+/// The receiving end of a response body.
+pub(crate) type BodyRx = mpsc::Receiver<Result<BodyChunk, AbortError>>;
+/// Where the head (and the body's receiver) goes once known.
+pub(crate) type HeadTx = oneshot::Sender<(ResponseHead, BodyRx)>;
+type Headers = Vec<(Bytes, Bytes)>;
 
 /// What the application has said so far, and where the response goes.
 pub(crate) struct Responder {
     pub(crate) status: Option<(u16, String)>,
-    pub(crate) headers: Vec<(Bytes, Bytes)>,
+    pub(crate) headers: Headers,
     pub(crate) content_length: Option<u64>,
-    head_tx: Option<oneshot::Sender<(ResponseHead, mpsc::Receiver<Result<BodyChunk, AbortError>>)>>,
+    head_tx: Option<HeadTx>,
     body_tx: Option<BodyTx>,
     pub(crate) client_gone: bool,
 }
@@ -42,9 +47,7 @@ pub(crate) fn lock(r: &Shared) -> std::sync::MutexGuard<'_, Responder> {
 }
 
 impl Responder {
-    pub(crate) fn new(
-        head_tx: oneshot::Sender<(ResponseHead, mpsc::Receiver<Result<BodyChunk, AbortError>>)>,
-    ) -> Shared {
+    pub(crate) fn new(head_tx: HeadTx) -> Shared {
         Arc::new(Mutex::new(Self {
             status: None,
             headers: Vec::new(),
@@ -63,10 +66,16 @@ impl Responder {
     /// Sends the head (once); `length` is the body length when the host knows it.
     /// Returns the body sender, or `None` if the client is gone or the app never
     /// called start_response.
-    pub(crate) fn send_head(&mut self, length: Option<u64>) -> Result<Option<BodyTx>, &'static str> {
-        if let Some(tx) = self.head_tx.take() {
+    pub(crate) fn send_head(
+        &mut self,
+        length: Option<u64>,
+    ) -> Result<Option<BodyTx>, &'static str> {
+        if self.head_tx.is_some() {
             let Some((status, reason)) = self.status.clone() else {
                 return Err("the application did not call start_response");
+            };
+            let Some(tx) = self.head_tx.take() else {
+                return Ok(None);
             };
             let (btx, brx) = mpsc::channel(4);
             let head = ResponseHead {
@@ -127,7 +136,9 @@ fn latin1_bytes(s: &Bound<'_, PyString>, what: &str) -> PyResult<Bytes> {
         .map(|c| u8::try_from(u32::from(c)).map_err(|_| ()))
         .collect::<Result<Vec<u8>, ()>>()
         .map(Bytes::from)
-        .map_err(|()| PyValueError::new_err(format!("{what} must be encodable in latin-1: {text:?}")))
+        .map_err(|()| {
+            PyValueError::new_err(format!("{what} must be encodable in latin-1: {text:?}"))
+        })
 }
 
 fn is_token(b: u8) -> bool {
@@ -140,7 +151,12 @@ fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<(u16, String)> {
         .cast::<PyString>()
         .map_err(|_| PyTypeError::new_err("status must be a str"))?;
     let raw = latin1_bytes(s, "status")?;
-    let bad = || PyValueError::new_err(format!("malformed status {:?}", String::from_utf8_lossy(&raw)));
+    let bad = || {
+        PyValueError::new_err(format!(
+            "malformed status {:?}",
+            String::from_utf8_lossy(&raw)
+        ))
+    };
     if raw.len() < 3 || !raw[..3].iter().all(u8::is_ascii_digit) || raw[0] == b'0' {
         return Err(bad());
     }
@@ -150,13 +166,18 @@ fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<(u16, String)> {
     if raw.iter().any(|&b| b < 0x20 || b == 0x7f) {
         return Err(bad());
     }
-    let code = raw[..3].iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
-    let reason = raw.get(4..).map(|r| r.iter().map(|&b| char::from(b)).collect()).unwrap_or_default();
+    let code = raw[..3]
+        .iter()
+        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    let reason = raw
+        .get(4..)
+        .map(|r| r.iter().map(|&b| char::from(b)).collect())
+        .unwrap_or_default();
     Ok((code, reason))
 }
 
 /// Checks and converts the header list.
-fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<(Vec<(Bytes, Bytes)>, Option<u64>)> {
+fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<(Headers, Option<u64>)> {
     if !headers.is_exact_instance_of::<PyList>() {
         return Err(PyTypeError::new_err("response_headers must be a list"));
     }
@@ -168,7 +189,9 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<(Vec<(Bytes, Bytes)>, O
             .cast::<PyTuple>()
             .map_err(|_| PyTypeError::new_err("each header must be a (name, value) tuple"))?;
         if pair.len() != 2 {
-            return Err(PyTypeError::new_err("each header must be a (name, value) tuple"));
+            return Err(PyTypeError::new_err(
+                "each header must be a (name, value) tuple",
+            ));
         }
         let (name, value) = (pair.get_item(0)?, pair.get_item(1)?);
         let (Ok(name), Ok(value)) = (name.cast::<PyString>(), value.cast::<PyString>()) else {
@@ -199,7 +222,9 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<(Vec<(Bytes, Bytes)>, O
             )));
         }
         if lower == b"content-length" {
-            length = std::str::from_utf8(&value).ok().and_then(|v| v.trim().parse().ok());
+            length = std::str::from_utf8(&value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok());
         }
         out.push((name, value));
     }
@@ -276,7 +301,11 @@ impl Write {
         if data.as_bytes().is_empty() {
             return Ok(());
         }
-        if !send_chunk(py, &tx, BodyChunk::Data(Bytes::copy_from_slice(data.as_bytes()))) {
+        if !send_chunk(
+            py,
+            &tx,
+            BodyChunk::Data(Bytes::copy_from_slice(data.as_bytes())),
+        ) {
             lock(&self.shared).client_gone = true;
             return Err(PyRuntimeError::new_err("the client went away"));
         }
@@ -293,7 +322,10 @@ pub struct ErrorStream {
 
 impl ErrorStream {
     fn emit(&self, flush_all: bool) {
-        let mut p = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut p = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while let Some(i) = p.find('\n') {
             let line: String = p.drain(..=i).collect();
             tracing::error!(target: "wsgi.errors", request_id = self.request_id, "{}", line.trim_end());
@@ -358,7 +390,10 @@ impl FileWrapper {
     }
 
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let block = self.filelike.bind(py).call_method1("read", (self.block_size,))?;
+        let block = self
+            .filelike
+            .bind(py)
+            .call_method1("read", (self.block_size,))?;
         Ok((block.len().unwrap_or(0) > 0).then_some(block))
     }
 
@@ -380,4 +415,10 @@ macro_rules! opaque_debug {
         }
     )*};
 }
-opaque_debug!(StartResponse, Write, ErrorStream, FileWrapper, crate::input::WsgiInput);
+opaque_debug!(
+    StartResponse,
+    Write,
+    ErrorStream,
+    FileWrapper,
+    crate::input::WsgiInput
+);

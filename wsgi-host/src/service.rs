@@ -66,7 +66,8 @@ fn version(v: http::Version) -> &'static str {
 
 fn plain(status: u16, text: &'static str) -> http::Response<ResponseBody> {
     let mut r = http::Response::new(ResponseBody::full(Bytes::from_static(text.as_bytes())));
-    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    *r.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     r
 }
 
@@ -85,10 +86,21 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let (parts, mut body) = req.into_parts();
-        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
-        let mut head = RequestHead::new(parts.method.as_str().to_owned(), target, version(parts.version));
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
+        let mut head = RequestHead::new(
+            parts.method.as_str().to_owned(),
+            target,
+            version(parts.version),
+        );
         for (name, value) in &parts.headers {
-            head.push_header(name.as_str().to_owned(), Bytes::copy_from_slice(value.as_bytes()));
+            head.push_header(
+                name.as_str().to_owned(),
+                Bytes::copy_from_slice(value.as_bytes()),
+            );
         }
         if head.header_value("host").is_none() {
             if let Some(authority) = parts.uri.authority() {
@@ -113,7 +125,8 @@ where
                 let (tx, rx) = RequestBody::channel(4);
                 tokio::spawn(async move {
                     loop {
-                        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+                        let frame =
+                            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
                         let item = match frame {
                             None => return,
                             Some(Ok(f)) => match f.into_data() {
@@ -138,8 +151,8 @@ where
                 full: None,
                 length: head.content_length,
             });
-            *out.status_mut() =
-                http::StatusCode::from_u16(head.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+            *out.status_mut() = http::StatusCode::from_u16(head.status)
+                .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
             for (k, v) in head.headers {
                 if let (Ok(k), Ok(v)) = (
                     http::HeaderName::from_bytes(&k),
@@ -174,7 +187,11 @@ impl ResponseBody {
     }
 }
 
-fn read_file(file: std::fs::File, offset: u64, len: u64) -> mpsc::Receiver<Result<Bytes, AbortError>> {
+fn read_file(
+    file: std::fs::File,
+    offset: u64,
+    len: u64,
+) -> mpsc::Receiver<Result<Bytes, AbortError>> {
     let (tx, rx) = mpsc::channel(2);
     tokio::task::spawn_blocking(move || {
         let mut at = offset;
@@ -239,6 +256,7 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.length.map_or_else(SizeHint::default, SizeHint::with_exact)
+        self.length
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }

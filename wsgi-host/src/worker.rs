@@ -12,13 +12,18 @@ use tokio::sync::oneshot;
 use crate::environ::{self, Statics};
 use crate::input::WsgiInput;
 use crate::interpreter::{self, traceback};
-use crate::respond::{ErrorStream, FileWrapper, Responder, Shared, StartResponse, lock, send_chunk};
+use crate::respond::{
+    ErrorStream, FileWrapper, Responder, Shared, StartResponse, lock, send_chunk,
+};
 use crate::{AppSpec, BodyChunk, HostError, HostOptions, LoadError, WsgiRequest, WsgiResponse};
 
 struct Job {
     request: WsgiRequest,
     id: u64,
-    reply: oneshot::Sender<(crate::ResponseHead, tokio::sync::mpsc::Receiver<Result<BodyChunk, crate::AbortError>>)>,
+    reply: oneshot::Sender<(
+        crate::ResponseHead,
+        tokio::sync::mpsc::Receiver<Result<BodyChunk, crate::AbortError>>,
+    )>,
 }
 
 /// A WSGI application running on a pool of Python threads.
@@ -139,7 +144,17 @@ fn call_close(py: Python<'_>, iterable: &Bound<'_, PyAny>, shared: &Shared, id: 
     match iterable.hasattr(intern!(py, "close")) {
         Ok(true) => {
             if let Err(e) = iterable.call_method0(intern!(py, "close")) {
-                fail(py, shared, id, "the iterable's close() raised", &e);
+                // The body (if any went out) is complete: log, and answer 500 only if
+                // nothing was sent yet.
+                tracing::error!(
+                    request_id = id,
+                    "the iterable's close() raised:\n{}",
+                    traceback(py, &e)
+                );
+                let mut r = lock(shared);
+                if !r.sent() {
+                    r.send_error(500, "Internal Server Error");
+                }
             }
         }
         Ok(false) => {}
@@ -157,9 +172,28 @@ fn handle(py: Python<'_>, app: &Bound<'_, PyAny>, statics: &Statics, opts: &Host
         .and_then(|v| v.parse::<u64>().ok());
     let objects = (|| -> PyResult<_> {
         let input = Bound::new(py, WsgiInput::new(request.body, content_length))?;
-        let errors = Bound::new(py, ErrorStream { request_id: id, pending: Mutex::default() })?;
-        let environ = environ::build(py, statics, &request.env, request.https, opts, input, errors.clone())?;
-        let start_response = Bound::new(py, StartResponse { shared: shared.clone() })?;
+        let errors = Bound::new(
+            py,
+            ErrorStream {
+                request_id: id,
+                pending: Mutex::default(),
+            },
+        )?;
+        let environ = environ::build(
+            py,
+            statics,
+            &request.env,
+            request.https,
+            opts,
+            input,
+            errors.clone(),
+        )?;
+        let start_response = Bound::new(
+            py,
+            StartResponse {
+                shared: shared.clone(),
+            },
+        )?;
         Ok((environ, start_response, errors))
     })();
     let (environ, start_response, errors) = match objects {
@@ -213,7 +247,11 @@ fn stream(py: Python<'_>, iterable: &Bound<'_, PyAny>, shared: &Shared, id: u64)
             let tx = lock(shared).send_head(Some(data.len() as u64));
             match tx {
                 Ok(Some(tx)) if !data.is_empty() => {
-                    if !send_chunk(py, &tx, BodyChunk::Data(bytes::Bytes::copy_from_slice(data))) {
+                    if !send_chunk(
+                        py,
+                        &tx,
+                        BodyChunk::Data(bytes::Bytes::copy_from_slice(data)),
+                    ) {
                         lock(shared).client_gone = true;
                     }
                 }
@@ -228,7 +266,15 @@ fn stream(py: Python<'_>, iterable: &Bound<'_, PyAny>, shared: &Shared, id: u64)
     }
     let iter = match iterable.try_iter() {
         Ok(i) => i,
-        Err(e) => return fail(py, shared, id, "the application's result is not iterable", &e),
+        Err(e) => {
+            return fail(
+                py,
+                shared,
+                id,
+                "the application's result is not iterable",
+                &e,
+            );
+        }
     };
     for item in iter {
         let item = match item {
@@ -238,9 +284,18 @@ fn stream(py: Python<'_>, iterable: &Bound<'_, PyAny>, shared: &Shared, id: u64)
         let Ok(block) = item.cast::<PyBytes>() else {
             let err = pyo3::exceptions::PyTypeError::new_err(format!(
                 "the application yielded {} instead of bytes",
-                item.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                item.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
             ));
-            return fail(py, shared, id, "the application yielded a non-bytes block", &err);
+            return fail(
+                py,
+                shared,
+                id,
+                "the application yielded a non-bytes block",
+                &err,
+            );
         };
         let data = block.as_bytes();
         if data.is_empty() {
@@ -255,7 +310,11 @@ fn stream(py: Python<'_>, iterable: &Bound<'_, PyAny>, shared: &Shared, id: u64)
                 return fail(py, shared, id, why, &err);
             }
         };
-        if !send_chunk(py, &tx, BodyChunk::Data(bytes::Bytes::copy_from_slice(data))) {
+        if !send_chunk(
+            py,
+            &tx,
+            BodyChunk::Data(bytes::Bytes::copy_from_slice(data)),
+        ) {
             lock(shared).client_gone = true;
             return; // the client went away: stop iterating (close() still runs)
         }

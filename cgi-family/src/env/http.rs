@@ -393,8 +393,8 @@ impl EnvBuilder {
                 Bytes::copy_from_slice(&uri[m.len()..]),
             );
         }
-        let script = (!m.is_empty() || matches!(self.flavor, Flavor::Cgi | Flavor::Wsgi))
-            .then(Bytes::new);
+        let script =
+            (!m.is_empty() || matches!(self.flavor, Flavor::Cgi | Flavor::Wsgi)).then(Bytes::new);
         (script, Bytes::copy_from_slice(uri))
     }
 

@@ -1,0 +1,226 @@
+"""WSGI apps for the wsgi-host tests. Each is wrapped in wsgiref.validate.validator where
+the PEP allows, so a validator assertion becomes a 500 the test sees."""
+import sys
+import time
+import threading
+from wsgiref.validate import validator
+
+CLOSED = {"count": 0}
+
+
+def _plain(start_response, status="200 OK", extra=()):
+    start_response(status, [("Content-Type", "text/plain")] + list(extra))
+
+
+@validator
+def hello(environ, start_response):
+    _plain(start_response)
+    return [b"Hello World"]
+
+
+def hello_plain(environ, start_response):
+    _plain(start_response)
+    return [b"Hello World"]
+
+
+@validator
+def echo(environ, start_response):
+    """Reads the body with read(n) and answers it, with some environ facts."""
+    n = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(n)
+    facts = "%s|%s|%s|%s|%s|%s\n" % (
+        environ["REQUEST_METHOD"], environ["SCRIPT_NAME"], environ["PATH_INFO"],
+        environ["QUERY_STRING"], environ["wsgi.url_scheme"], environ.get("HTTP_COOKIE", "-"))
+    _plain(start_response)
+    return [facts.encode("latin-1"), body]
+
+
+@validator
+def stream(environ, start_response):
+    """A generator that calls start_response late, inside the first iteration."""
+    def gen():
+        _plain(start_response, "201 Created")
+        for i in range(5):
+            yield b"chunk%d\n" % i
+    return gen()
+
+
+@validator
+def writer(environ, start_response):
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    write(b"written;")
+    return [b"returned"]
+
+
+def file_wrapper_plain(environ, start_response):
+    path = environ["QUERY_STRING"]
+    f = open(path, "rb")
+    f.seek(int(environ.get("HTTP_X_SKIP", "0")))
+    _plain(start_response)
+    return environ["wsgi.file_wrapper"](f, 4096)
+
+
+file_wrapper = validator(file_wrapper_plain)
+
+
+class NotAFile:
+    def __init__(self, data):
+        self.data = data
+        self.closed = False
+
+    def read(self, n):
+        chunk, self.data = self.data[:n], self.data[n:]
+        return chunk
+
+    def close(self):
+        self.closed = True
+
+
+@validator
+def file_wrapper_iter(environ, start_response):
+    _plain(start_response)
+    return environ["wsgi.file_wrapper"](NotAFile(b"x" * 10000), 1000)
+
+
+@validator
+def exc_info(environ, start_response):
+    """Changes its mind: an error before any body byte went out."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        start_response("500 Internal Server Error", [("Content-Type", "text/plain")], sys.exc_info())
+    return [b"handled"]
+
+
+@validator
+def errors(environ, start_response):
+    environ["wsgi.errors"].write("an error line from the app\n")
+    environ["wsgi.errors"].writelines(["partial ", "line\n"])
+    environ["wsgi.errors"].flush()
+    _plain(start_response)
+    return [b"logged"]
+
+
+@validator
+def environ_dump(environ, start_response):
+    keys = sorted(k for k in environ if not k.startswith("wsgi."))
+    out = "".join("%s=%s\n" % (k, environ[k]) for k in keys)
+    out += "version=%r multithread=%r multiprocess=%r run_once=%r terminated=%r\n" % (
+        environ["wsgi.version"], environ["wsgi.multithread"], environ["wsgi.multiprocess"],
+        environ["wsgi.run_once"], environ.get("wsgi.input_terminated"))
+    _plain(start_response)
+    return [out.encode("latin-1")]
+
+
+def lines(environ, start_response):
+    """readline() then read(), then iteration: every byte must survive."""
+    inp = environ["wsgi.input"]
+    first = inp.readline()
+    rest4 = inp.read(4)
+    second = inp.readline(3)
+    remaining = list(inp)
+    zero = inp.read(0)
+    _plain(start_response)
+    return [repr((first, rest4, second, remaining, zero)).encode()]
+
+
+def read_all(environ, start_response):
+    """read() with no size, for terminated (chunked) input."""
+    data = environ["wsgi.input"].read()
+    more = environ["wsgi.input"].read(10)
+    _plain(start_response)
+    return [b"%d %r %r" % (len(data), data[:20], more)]
+
+
+def digest(environ, start_response):
+    """Hashes a large body read in 64 KiB pieces."""
+    import hashlib
+    h = hashlib.sha256()
+    inp = environ["wsgi.input"]
+    total = 0
+    while True:
+        block = inp.read(65536)
+        if not block:
+            break
+        total += len(block)
+        h.update(block)
+    _plain(start_response)
+    return [("%d %s" % (total, h.hexdigest())).encode()]
+
+
+class Closing:
+    def __init__(self, blocks, fail_at=None, fail_close=False):
+        self.blocks = blocks
+        self.fail_at = fail_at
+        self.fail_close = fail_close
+
+    def __iter__(self):
+        for i, b in enumerate(self.blocks):
+            if i == self.fail_at:
+                raise RuntimeError("iteration failed at %d" % i)
+            yield b
+
+    def close(self):
+        CLOSED["count"] += 1
+        if self.fail_close:
+            raise RuntimeError("close failed")
+
+
+def closed_count(environ, start_response):
+    _plain(start_response)
+    return [str(CLOSED["count"]).encode()]
+
+
+def misbehave(environ, start_response):
+    what = environ["PATH_INFO"].strip("/")
+    if what == "str":
+        _plain(start_response)
+        return ["not bytes"]
+    if what == "none":
+        _plain(start_response)
+        return None
+    if what == "raise-first":
+        _plain(start_response)
+        return Closing([b"a", b"b"], fail_at=0)
+    if what == "raise-later":
+        _plain(start_response)
+        return Closing([b"a" * 10, b"b", b"c"], fail_at=2)
+    if what == "raise-close":
+        _plain(start_response)
+        return Closing([b"complete"], fail_close=True)
+    if what == "no-start":
+        return [b"never started"]
+    if what == "twice":
+        _plain(start_response)
+        _plain(start_response)
+        return [b"twice"]
+    if what == "raise":
+        raise KeyError("app raised")
+    if what == "sleep":
+        time.sleep(float(environ["QUERY_STRING"] or "1"))
+        _plain(start_response)
+        return [b"slept"]
+    if what == "bad-status":
+        start_response("OK", [("Content-Type", "text/plain")])
+        return [b"x"]
+    if what == "bytes-header":
+        start_response("200 OK", [(b"Content-Type", b"text/plain")])
+        return [b"x"]
+    if what == "hop":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Connection", "close")])
+        return [b"x"]
+    if what == "crlf":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-Evil", "a\r\nSet-Cookie: x=1")])
+        return [b"x"]
+    if what == "tuple-headers":
+        start_response("200 OK", (("Content-Type", "text/plain"),))
+        return [b"x"]
+    if what == "closed":
+        _plain(start_response)
+        return [str(CLOSED["count"]).encode()]
+    if what == "threads":
+        _plain(start_response)
+        return [threading.current_thread().name.encode()]
+    _plain(start_response)
+    return [b"ok"]

@@ -1,0 +1,151 @@
+//! Every path through the bridge, with apps wrapped in `wsgiref.validate.validator`: a
+//! validator assertion is a 500 here, so each test fails on it.
+
+use crate::support::{get, head, host, post, send};
+use wsgi_host::RequestBody;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_get_has_a_content_length() {
+    let r = get(&host("hello", 1), "/").await;
+    assert_eq!((r.head.status, r.text().as_str()), (200, "Hello World"));
+    // Unwrapped (the validator hides the list), a single block gets a Content-Length.
+    let r = get(&host("hello_plain", 1), "/").await;
+    assert_eq!(r.text(), "Hello World");
+    assert_eq!(
+        r.head.content_length,
+        Some(11),
+        "a single block gets a Content-Length"
+    );
+    assert_eq!(r.head.header("content-type"), Some(&b"text/plain"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_echo_with_environ_facts() {
+    let h = host("echo", 1);
+    let body: Vec<u8> = (0..100_000).map(|i| (i % 256) as u8).collect();
+    let len = body.len().to_string();
+    let req = head(
+        "POST",
+        "/caf%C3%A9/x?a=1&b=%20",
+        &[
+            ("Content-Length", &len),
+            ("Content-Type", "application/octet-stream"),
+            ("Cookie", "a=1"),
+            ("Cookie", "b=2"),
+        ],
+    );
+    let r = send(&h, &req, RequestBody::Full(body.clone().into())).await;
+    assert_eq!(r.head.status, 200, "{}", r.text());
+    let nl = r.body.iter().position(|&b| b == b'\n').unwrap();
+    // PATH_INFO is latin-1-decoded UTF-8 bytes: 'cafÃ©' in Python, the raw bytes again here.
+    assert_eq!(
+        &r.body[..nl],
+        "POST||/caf\u{c3}\u{a9}/x|a=1&b=%20|http|a=1; b=2"
+            .chars()
+            .map(|c| c as u32 as u8)
+            .collect::<Vec<_>>()
+            .as_slice()
+    );
+    assert_eq!(&r.body[nl + 1..], &body[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generator_sets_the_status_late() {
+    let r = get(&host("stream", 1), "/").await;
+    assert_eq!(r.head.status, 201);
+    assert_eq!(r.text(), "chunk0\nchunk1\nchunk2\nchunk3\nchunk4\n");
+    assert_eq!(r.head.content_length, None, "a streamed body has no length");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_callable_then_iterable() {
+    let r = get(&host("writer", 1), "/").await;
+    assert_eq!(
+        (r.head.status, r.text().as_str()),
+        (200, "written;returned")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exc_info_replaces_the_status_before_headers_go_out() {
+    let r = get(&host("exc_info", 1), "/").await;
+    assert_eq!((r.head.status, r.text().as_str()), (500, "handled"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_stream_and_environ() {
+    let r = get(&host("errors", 1), "/").await;
+    assert_eq!((r.head.status, r.text().as_str()), (200, "logged"));
+    let r = get(&host("environ_dump", 3), "/p?q=1").await;
+    assert_eq!(r.head.status, 200, "{}", r.text());
+    let t = r.text();
+    for line in [
+        "REQUEST_METHOD=GET",
+        "SCRIPT_NAME=\n",
+        "PATH_INFO=/p",
+        "QUERY_STRING=q=1",
+        "SERVER_NAME=testserver",
+        "SERVER_PORT=80",
+        "SERVER_PROTOCOL=HTTP/1.1",
+        "REMOTE_ADDR=127.0.0.1",
+        "HTTP_HOST=testserver",
+        "version=(1, 0) multithread=True multiprocess=False run_once=False terminated=True",
+    ] {
+        assert!(t.contains(line), "{line:?} missing from\n{t}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_wrapper_hands_the_file_over() {
+    let dir = testkit::temp_dir();
+    let path = dir.path().join("data.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let target = format!("/?{}", path.display());
+    // Through the validator the wrapper is iterated (the validator hides it).
+    let r = send(
+        &host("file_wrapper", 1),
+        &head("GET", &target, &[]),
+        RequestBody::Empty,
+    )
+    .await;
+    assert_eq!(r.head.status, 200, "{}", r.text());
+    assert!(r.body == data, "the whole file");
+    let h = host("file_wrapper_plain", 1);
+    let r = send(
+        &h,
+        &head("GET", &target, &[("X-Skip", "1000")]),
+        RequestBody::Empty,
+    )
+    .await;
+    assert_eq!(r.head.status, 200, "{}", r.text());
+    assert!(
+        r.had_file,
+        "a real file is sent as a file, not through Python"
+    );
+    assert_eq!(r.head.content_length, Some(299_000));
+    assert!(
+        r.body == data[1000..],
+        "from the file's position to its end"
+    );
+    // A file-like object without a descriptor is iterated in blocks.
+    let r = get(&host("file_wrapper_iter", 1), "/").await;
+    assert!(!r.had_file);
+    assert_eq!(r.body, vec![b'x'; 10000]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_with_a_streamed_body() {
+    let h = host("echo", 1);
+    let (tx, body) = RequestBody::channel(2);
+    tokio::spawn(async move {
+        for piece in [&b"hello "[..], b"streamed ", b"world"] {
+            tx.send(Ok(piece.to_vec().into())).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+    let r = send(&h, &head("POST", "/s", &[("Content-Length", "20")]), body).await;
+    assert!(r.text().ends_with("\nhello streamed world"), "{}", r.text());
+    let r = post(&h, "/again", b"").await;
+    assert_eq!(r.head.status, 200);
+}

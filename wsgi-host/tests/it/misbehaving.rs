@@ -1,0 +1,100 @@
+//! Misbehaving apps get their documented outcome, and the host keeps serving.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{get, host};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_misbehaviour_has_its_outcome() {
+    let h = host("misbehave", 2);
+    for (path, status) in [
+        ("/str", 500),
+        ("/none", 500),
+        ("/raise-first", 500),
+        ("/no-start", 500),
+        ("/twice", 500),
+        ("/raise", 500),
+        ("/bad-status", 500),
+        ("/bytes-header", 500),
+        ("/hop", 500),
+        ("/crlf", 500),
+        ("/tuple-headers", 500),
+    ] {
+        let r = get(&h, path).await;
+        assert_eq!(r.head.status, status, "{path}: {}", r.text());
+        assert!(
+            !r.text().contains("Traceback"),
+            "{path}: no traceback in the page"
+        );
+        assert!(r.aborted.is_none(), "{path}");
+        // ... and the next request is served.
+        let ok = get(&h, "/fine").await;
+        assert_eq!(
+            (ok.head.status, ok.text().as_str()),
+            (200, "ok"),
+            "after {path}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_after_the_headers_abort_and_close_runs_once() {
+    let h = host("misbehave", 1);
+    let before: u32 = get(&h, "/closed").await.text().parse().unwrap();
+    // Raises on the third block: the head (200) and the first blocks went out, then the
+    // body is cut short.
+    let r = get(&h, "/raise-later").await;
+    assert_eq!(r.head.status, 200);
+    assert_eq!(r.body, b"aaaaaaaaaab");
+    assert!(r.aborted.is_some(), "the response is cut, not completed");
+    // close() raising after a complete body: logged, the response stands.
+    let r = get(&h, "/raise-close").await;
+    assert_eq!((r.head.status, r.text().as_str()), (200, "complete"));
+    assert!(r.aborted.is_none());
+    let _ = get(&h, "/raise-first").await;
+    let after: u32 = get(&h, "/closed").await.text().parse().unwrap();
+    assert_eq!(
+        after - before,
+        3,
+        "close() called exactly once per response"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_request_does_not_block_the_other_threads() {
+    let h = host("misbehave", 2);
+    let slow = {
+        let h = h.clone();
+        tokio::spawn(async move { get(&h, "/sleep?1.5").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(get(&h, "/fine").await.text(), "ok");
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(1000),
+        "served while the other slept"
+    );
+    let r = slow.await.unwrap();
+    assert_eq!(r.text(), "slept");
+    // Two threads really serve: both names show up.
+    let mut names = std::collections::HashSet::new();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = get(&h, "/sleep?0.05").await;
+            get(&h, "/threads").await.text()
+        }));
+    }
+    for t in tasks {
+        names.insert(t.await.unwrap());
+    }
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("wsgi-") || n.starts_with("Dummy")),
+        "{names:?}"
+    );
+}
