@@ -38,6 +38,7 @@ pub(crate) struct Responder {
     head_tx: Option<HeadTx>,
     body_tx: Option<BodyTx>,
     pub(crate) client_gone: bool,
+    capacity: usize,
 }
 
 pub(crate) type Shared = Arc<Mutex<Responder>>;
@@ -47,8 +48,9 @@ pub(crate) fn lock(r: &Shared) -> std::sync::MutexGuard<'_, Responder> {
 }
 
 impl Responder {
-    pub(crate) fn new(head_tx: HeadTx) -> Shared {
+    pub(crate) fn new(head_tx: HeadTx, capacity: usize) -> Shared {
         Arc::new(Mutex::new(Self {
+            capacity,
             status: None,
             headers: Vec::new(),
             content_length: None,
@@ -77,7 +79,7 @@ impl Responder {
             let Some(tx) = self.head_tx.take() else {
                 return Ok(None);
             };
-            let (btx, brx) = mpsc::channel(4);
+            let (btx, brx) = mpsc::channel(self.capacity);
             let head = ResponseHead {
                 status,
                 reason,
@@ -132,6 +134,9 @@ pub(crate) fn send_chunk(py: Python<'_>, tx: &BodyTx, chunk: BodyChunk) -> bool 
 
 fn latin1_bytes(s: &Bound<'_, PyString>, what: &str) -> PyResult<Bytes> {
     let text = s.to_str()?;
+    if text.is_ascii() {
+        return Ok(Bytes::copy_from_slice(text.as_bytes()));
+    }
     text.chars()
         .map(|c| u8::try_from(u32::from(c)).map_err(|_| ()))
         .collect::<Result<Vec<u8>, ()>>()

@@ -49,11 +49,21 @@ pub struct WsgiHost {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
+    app: Arc<Py<PyAny>>,
+    opts: Arc<HostOptions>,
+    statics: pyo3::sync::PyOnceLock<Statics>,
     tx: crossbeam_channel::Sender<Job>,
     next_id: AtomicU64,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsgiHost")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl WsgiHost {
@@ -83,6 +93,9 @@ impl WsgiHost {
             .collect();
         Self {
             inner: Arc::new(Inner {
+                app,
+                opts,
+                statics: pyo3::sync::PyOnceLock::new(),
                 tx,
                 next_id: AtomicU64::new(1),
                 threads: Mutex::new(threads),
@@ -106,6 +119,41 @@ impl WsgiHost {
         Ok(WsgiResponse { head, body })
     }
 
+    /// Runs one request on the calling thread (attaching it to the interpreter) and
+    /// returns the whole response: for embedding in a thread you own, for tests and for
+    /// measuring the bridge without the thread hand-off. Never call it from an async task.
+    pub fn call_blocking(
+        &self,
+        request: WsgiRequest,
+    ) -> Result<(crate::ResponseHead, Vec<BodyChunk>), HostError> {
+        let (reply, mut rx) = oneshot::channel();
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        Python::attach(|py| {
+            let app = self.inner.app.bind(py);
+            let statics = self.inner.statics.get_or_try_init(py, || Statics::new(py));
+            match statics {
+                Ok(statics) => handle(
+                    py,
+                    app,
+                    statics,
+                    &self.inner.opts,
+                    Job { request, id, reply },
+                    1 << 20,
+                ),
+                Err(e) => tracing::error!("{}", traceback(py, &e)),
+            }
+        });
+        let (head, mut body) = rx.try_recv().map_err(|_| HostError::Closed)?;
+        let mut chunks = Vec::new();
+        while let Ok(item) = body.try_recv() {
+            match item {
+                Ok(chunk) => chunks.push(chunk),
+                Err(_) => return Err(HostError::Closed),
+            }
+        }
+        Ok((head, chunks))
+    }
+
     /// The number of Python threads.
     pub fn threads(&self) -> usize {
         self.inner.threads.lock().map_or(0, |t| t.len())
@@ -124,7 +172,7 @@ fn worker(app: &Py<PyAny>, rx: &crossbeam_channel::Receiver<Job>, opts: &HostOpt
         let app = app.bind(py);
         // Wait for work with the GIL released.
         while let Ok(job) = py.detach(|| rx.recv()) {
-            handle(py, app, &statics, opts, job);
+            handle(py, app, &statics, opts, job, 4);
         }
     });
 }
@@ -141,6 +189,10 @@ fn fail(py: Python<'_>, shared: &Shared, id: u64, what: &str, err: &PyErr) {
 }
 
 fn call_close(py: Python<'_>, iterable: &Bound<'_, PyAny>, shared: &Shared, id: u64) {
+    // Lists and tuples have no close(); asking would raise (and build) an AttributeError.
+    if iterable.is_exact_instance_of::<PyList>() || iterable.is_exact_instance_of::<PyTuple>() {
+        return;
+    }
     match iterable.hasattr(intern!(py, "close")) {
         Ok(true) => {
             if let Err(e) = iterable.call_method0(intern!(py, "close")) {
@@ -162,9 +214,16 @@ fn call_close(py: Python<'_>, iterable: &Bound<'_, PyAny>, shared: &Shared, id: 
     }
 }
 
-fn handle(py: Python<'_>, app: &Bound<'_, PyAny>, statics: &Statics, opts: &HostOptions, job: Job) {
+fn handle(
+    py: Python<'_>,
+    app: &Bound<'_, PyAny>,
+    statics: &Statics,
+    opts: &HostOptions,
+    job: Job,
+    capacity: usize,
+) {
     let Job { request, id, reply } = job;
-    let shared = Responder::new(reply);
+    let shared = Responder::new(reply, capacity);
     let content_length = request
         .env
         .get("CONTENT_LENGTH")
@@ -179,9 +238,11 @@ fn handle(py: Python<'_>, app: &Bound<'_, PyAny>, statics: &Statics, opts: &Host
                 pending: Mutex::default(),
             },
         )?;
+        let template = statics.template(py, opts)?;
         let environ = environ::build(
             py,
             statics,
+            &template,
             &request.env,
             request.https,
             opts,
