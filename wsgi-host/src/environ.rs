@@ -52,7 +52,7 @@ impl Statics {
     }
 
     /// The value as a Python string, reused when the same short value was seen before.
-    fn value<'py>(&self, py: Python<'py>, v: &bytes::Bytes) -> Bound<'py, PyString> {
+    fn value<'py>(&self, py: Python<'py>, v: &[u8]) -> Bound<'py, PyString> {
         if v.len() > VALUE_CACHE_LEN {
             return latin1(py, v);
         }
@@ -66,7 +66,7 @@ impl Statics {
         if cache.len() >= VALUE_CACHE_SIZE {
             cache.clear();
         }
-        cache.insert(v.clone(), s.clone().unbind());
+        cache.insert(bytes::Bytes::copy_from_slice(v), s.clone().unbind());
         s
     }
 
@@ -74,7 +74,9 @@ impl Statics {
     fn key<'py>(&self, py: Python<'py>, k: &[u8]) -> Bound<'py, PyString> {
         match self.keys.get(k) {
             Some(s) => s.bind(py).clone(),
-            None => latin1(py, k),
+            // Other names (custom headers) are cached like short values: a reused string
+            // also keeps its hash, so the dict does not hash it again.
+            None => self.value(py, k),
         }
     }
 }
