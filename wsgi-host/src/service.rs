@@ -77,10 +77,11 @@ where
     B::Error: std::fmt::Display + Send,
 {
     type Response = http::Response<ResponseBody>;
-    type Error = HostError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, HostError>> + Send>>;
+    /// Never fails: a host that is busy or shut down answers 503.
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), HostError>> {
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
@@ -143,7 +144,16 @@ where
                 });
                 rx
             };
-            let response = host.call(WsgiRequest::new(env).with_body(body)).await?;
+            let response = match host.call(WsgiRequest::new(env).with_body(body)).await {
+                Ok(r) => r,
+                Err(HostError::Overloaded) => {
+                    return Ok(plain(
+                        503,
+                        "Service Unavailable: all WSGI threads are busy\n",
+                    ));
+                }
+                Err(_) => return Ok(plain(503, "Service Unavailable\n")),
+            };
             let head = response.head;
             let mut out = http::Response::new(ResponseBody {
                 rx: Some(response.body),
