@@ -39,5 +39,7 @@ pub use input::WsgiInput;
 pub use interpreter::AppSpec;
 pub use respond::{ErrorStream, FileWrapper, StartResponse, Write};
 pub use service::{ResponseBody, WsgiService};
-pub use types::{BodyChunk, HostOptions, RequestBody, ResponseHead, WsgiRequest, WsgiResponse};
+pub use types::{
+    BodyChunk, BodyStream, HostOptions, RequestBody, ResponseHead, WsgiRequest, WsgiResponse,
+};
 pub use worker::WsgiHost;

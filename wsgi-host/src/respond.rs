@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{AbortError, BodyChunk, ResponseHead};
+use crate::{AbortError, BodyChunk, BodyStream, ResponseHead};
 
 /// Hop-by-hop headers an application must not send (PEP 3333, RFC 2616 13.5.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -24,10 +24,8 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 pub(crate) type BodyTx = mpsc::Sender<Result<BodyChunk, AbortError>>;
-/// The receiving end of a response body.
-pub(crate) type BodyRx = mpsc::Receiver<Result<BodyChunk, AbortError>>;
-/// Where the head (and the body's receiver) goes once known.
-pub(crate) type HeadTx = oneshot::Sender<(ResponseHead, BodyRx)>;
+/// Where the head (and the body) goes once known.
+pub(crate) type HeadTx = oneshot::Sender<(ResponseHead, BodyStream)>;
 type Headers = Vec<(Bytes, Bytes)>;
 
 /// What the application has said so far, and where the response goes.
@@ -65,6 +63,19 @@ impl Responder {
         self.head_tx.is_none()
     }
 
+    /// The head as the application set it, or why it cannot be sent.
+    fn head(&self, length: Option<u64>) -> Result<ResponseHead, &'static str> {
+        let Some((status, reason)) = self.status.clone() else {
+            return Err("the application did not call start_response");
+        };
+        Ok(ResponseHead {
+            status,
+            reason,
+            headers: self.headers.clone(),
+            content_length: self.content_length.or(length),
+        })
+    }
+
     /// Sends the head (once); `length` is the body length when the host knows it.
     /// Returns the body sender, or `None` if the client is gone or the app never
     /// called start_response.
@@ -73,20 +84,16 @@ impl Responder {
         length: Option<u64>,
     ) -> Result<Option<BodyTx>, &'static str> {
         if self.head_tx.is_some() {
-            let Some((status, reason)) = self.status.clone() else {
-                return Err("the application did not call start_response");
-            };
+            let head = self.head(length)?;
             let Some(tx) = self.head_tx.take() else {
                 return Ok(None);
             };
             let (btx, brx) = mpsc::channel(self.capacity);
-            let head = ResponseHead {
-                status,
-                reason,
-                headers: self.headers.clone(),
-                content_length: self.content_length.or(length),
+            let body = BodyStream {
+                first: None,
+                rx: Some(brx),
             };
-            if tx.send((head, brx)).is_err() {
+            if tx.send((head, body)).is_err() {
                 self.client_gone = true;
                 return Ok(None);
             }
@@ -95,11 +102,29 @@ impl Responder {
         Ok(self.body_tx.clone())
     }
 
-    /// Sends a 500 (before any header went out).
+    /// Sends the head with the whole body (one block or none), without a channel.
+    pub(crate) fn send_whole(
+        &mut self,
+        block: Option<BodyChunk>,
+        length: u64,
+    ) -> Result<(), &'static str> {
+        let head = self.head(Some(length))?;
+        if let Some(tx) = self.head_tx.take() {
+            let body = BodyStream {
+                first: block.map(Ok),
+                rx: None,
+            };
+            if tx.send((head, body)).is_err() {
+                self.client_gone = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends an error status with a short text body (before any header went out).
     pub(crate) fn send_error(&mut self, status: u16, reason: &str) {
         if let Some(tx) = self.head_tx.take() {
             let body = Bytes::from(format!("{status} {reason}\n"));
-            let (btx, brx) = mpsc::channel(1);
             let head = ResponseHead {
                 status,
                 reason: reason.to_owned(),
@@ -109,8 +134,11 @@ impl Responder {
                 )],
                 content_length: Some(body.len() as u64),
             };
-            let _ = btx.try_send(Ok(BodyChunk::Data(body)));
-            let _ = tx.send((head, brx));
+            let body = BodyStream {
+                first: Some(Ok(BodyChunk::Data(body))),
+                rx: None,
+            };
+            let _ = tx.send((head, body));
         }
     }
 

@@ -11,7 +11,9 @@ use cgi_family::{EnvBuilder, Flavor, RequestHead};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
-use crate::{AbortError, BodyChunk, BodyError, HostError, RequestBody, WsgiHost, WsgiRequest};
+use crate::{
+    AbortError, BodyChunk, BodyError, BodyStream, HostError, RequestBody, WsgiHost, WsgiRequest,
+};
 
 /// A WSGI app as a `tower::Service<http::Request<B>>`, mounted at a path prefix (which
 /// becomes SCRIPT_NAME). The peer address is taken from a `SocketAddr` request extension
@@ -180,7 +182,7 @@ where
 /// from `wsgi.file_wrapper` read in 64 KiB blocks off the async threads.
 #[derive(Debug)]
 pub struct ResponseBody {
-    rx: Option<mpsc::Receiver<Result<BodyChunk, AbortError>>>,
+    rx: Option<BodyStream>,
     file: Option<mpsc::Receiver<Result<Bytes, AbortError>>>,
     full: Option<Bytes>,
     length: Option<u64>,

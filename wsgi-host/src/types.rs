@@ -107,7 +107,58 @@ pub struct WsgiResponse {
     pub head: ResponseHead,
     /// The body pieces; the stream ends when the application's iterable is exhausted
     /// (and `close()` was called). An `Err` means the response must be cut short.
-    pub body: mpsc::Receiver<Result<BodyChunk, AbortError>>,
+    pub body: BodyStream,
+}
+
+/// The body of a [`WsgiResponse`], piece by piece. A body of one block (the common
+/// case) arrives with the head, without a channel.
+#[derive(Debug, Default)]
+pub struct BodyStream {
+    pub(crate) first: Option<Result<BodyChunk, AbortError>>,
+    pub(crate) rx: Option<mpsc::Receiver<Result<BodyChunk, AbortError>>>,
+}
+
+impl BodyStream {
+    /// The next piece; `None` at the end of the body.
+    pub async fn recv(&mut self) -> Option<Result<BodyChunk, AbortError>> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Polls for the next piece; `Ready(None)` at the end of the body.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<BodyChunk, AbortError>>> {
+        if let Some(first) = self.first.take() {
+            return std::task::Poll::Ready(Some(first));
+        }
+        match self.rx.as_mut() {
+            Some(rx) => rx.poll_recv(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    /// The next piece if one is ready now: `Ok(None)` at the end, `Err(())` if the
+    /// application has not produced the next piece yet.
+    #[allow(clippy::result_unit_err)]
+    pub fn try_recv(&mut self) -> Result<Option<Result<BodyChunk, AbortError>>, ()> {
+        if let Some(first) = self.first.take() {
+            return Ok(Some(first));
+        }
+        match self.rx.as_mut() {
+            None => Ok(None),
+            Some(rx) => match rx.try_recv() {
+                Ok(item) => Ok(Some(item)),
+                Err(mpsc::error::TryRecvError::Disconnected) => Ok(None),
+                Err(mpsc::error::TryRecvError::Empty) => Err(()),
+            },
+        }
+    }
+
+    /// Whether the whole body is known to be over.
+    pub fn is_end(&self) -> bool {
+        self.first.is_none() && self.rx.is_none()
+    }
 }
 
 /// How the host runs the application.

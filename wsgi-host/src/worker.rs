@@ -13,17 +13,14 @@ use crate::environ::{self, Statics};
 use crate::input::WsgiInput;
 use crate::interpreter::{self, traceback};
 use crate::respond::{
-    ErrorStream, FileWrapper, Responder, Shared, StartResponse, lock, send_chunk,
+    ErrorStream, FileWrapper, HeadTx, Responder, Shared, StartResponse, lock, send_chunk,
 };
 use crate::{AppSpec, BodyChunk, HostError, HostOptions, LoadError, WsgiRequest, WsgiResponse};
 
 struct Job {
     request: WsgiRequest,
     id: u64,
-    reply: oneshot::Sender<(
-        crate::ResponseHead,
-        tokio::sync::mpsc::Receiver<Result<BodyChunk, crate::AbortError>>,
-    )>,
+    reply: HeadTx,
 }
 
 /// A WSGI application running on a pool of Python threads.
@@ -145,7 +142,7 @@ impl WsgiHost {
         });
         let (head, mut body) = rx.try_recv().map_err(|_| HostError::Closed)?;
         let mut chunks = Vec::new();
-        while let Ok(item) = body.try_recv() {
+        while let Ok(Some(item)) = body.try_recv() {
             match item {
                 Ok(chunk) => chunks.push(chunk),
                 Err(_) => return Err(HostError::Closed),
@@ -276,8 +273,8 @@ fn handle(
     let mut r = lock(&shared);
     if !r.sent() {
         // Nothing went out (an empty body, or an error already answered).
-        match r.send_head(Some(0)) {
-            Ok(_) => {}
+        match r.send_whole(None, 0) {
+            Ok(()) => {}
             Err(why) => {
                 tracing::error!(request_id = id, "{why}");
                 r.send_error(500, "Internal Server Error");
@@ -305,22 +302,12 @@ fn stream(py: Python<'_>, iterable: &Bound<'_, PyAny>, shared: &Shared, id: u64)
     if let Some(block) = single {
         if let Ok(b) = block.cast::<PyBytes>() {
             let data = b.as_bytes();
-            let tx = lock(shared).send_head(Some(data.len() as u64));
-            match tx {
-                Ok(Some(tx)) if !data.is_empty() => {
-                    if !send_chunk(
-                        py,
-                        &tx,
-                        BodyChunk::Data(bytes::Bytes::copy_from_slice(data)),
-                    ) {
-                        lock(shared).client_gone = true;
-                    }
-                }
-                Ok(_) => {}
-                Err(why) => {
-                    let err = pyo3::exceptions::PyRuntimeError::new_err(why);
-                    fail(py, shared, id, why, &err);
-                }
+            let chunk =
+                (!data.is_empty()).then(|| BodyChunk::Data(bytes::Bytes::copy_from_slice(data)));
+            let sent = lock(shared).send_whole(chunk, data.len() as u64);
+            if let Err(why) = sent {
+                let err = pyo3::exceptions::PyRuntimeError::new_err(why);
+                fail(py, shared, id, why, &err);
             }
             return;
         }
