@@ -18,8 +18,29 @@ pub(crate) struct Statics {
     keys: rustc_hash::FxHashMap<&'static [u8], Py<PyString>>,
     /// The environ every request copies (made on first use, with the host's options).
     template: pyo3::sync::PyOnceLock<Py<PyDict>>,
+    /// `wsgi.errors`, one per thread (it only carries the current request id).
+    errors: pyo3::sync::PyOnceLock<Py<ErrorStream>>,
     /// Short values seen before (methods, protocols, host names, user agents, ...).
     values: std::sync::Mutex<rustc_hash::FxHashMap<bytes::Bytes, Py<PyString>>>,
+}
+
+type ValueCache<'a> =
+    Option<std::sync::MutexGuard<'a, rustc_hash::FxHashMap<bytes::Bytes, Py<PyString>>>>;
+
+/// The value as a Python string, reused when the same short value was seen before.
+fn cached<'py>(py: Python<'py>, v: &[u8], cache: &mut ValueCache<'_>) -> Bound<'py, PyString> {
+    let Some(cache) = cache.as_mut().filter(|_| v.len() <= VALUE_CACHE_LEN) else {
+        return latin1(py, v);
+    };
+    if let Some(s) = cache.get(v) {
+        return s.bind(py).clone();
+    }
+    let s = latin1(py, v);
+    if cache.len() >= VALUE_CACHE_SIZE {
+        cache.clear();
+    }
+    cache.insert(bytes::Bytes::copy_from_slice(v), s.clone().unbind());
+    s
 }
 
 /// Values up to this length are cached; the cache is emptied when it holds this many.
@@ -37,6 +58,7 @@ impl Statics {
                 .collect(),
             values: std::sync::Mutex::default(),
             template: pyo3::sync::PyOnceLock::new(),
+            errors: pyo3::sync::PyOnceLock::new(),
         })
     }
 
@@ -51,32 +73,47 @@ impl Statics {
             .map(|t| t.bind(py).clone())
     }
 
-    /// The value as a Python string, reused when the same short value was seen before.
-    fn value<'py>(&self, py: Python<'py>, v: &[u8]) -> Bound<'py, PyString> {
-        if v.len() > VALUE_CACHE_LEN {
-            return latin1(py, v);
-        }
-        let Ok(mut cache) = self.values.lock() else {
-            return latin1(py, v);
-        };
-        if let Some(s) = cache.get(v) {
-            return s.bind(py).clone();
-        }
-        let s = latin1(py, v);
-        if cache.len() >= VALUE_CACHE_SIZE {
-            cache.clear();
-        }
-        cache.insert(bytes::Bytes::copy_from_slice(v), s.clone().unbind());
-        s
+    /// `wsgi.errors`, set to log with `request_id`.
+    pub(crate) fn errors<'py>(
+        &self,
+        py: Python<'py>,
+        request_id: u64,
+    ) -> PyResult<Bound<'py, ErrorStream>> {
+        let errors = self.errors.get_or_try_init(py, || {
+            Py::new(
+                py,
+                ErrorStream {
+                    request_id: std::sync::atomic::AtomicU64::new(0),
+                    pending: std::sync::Mutex::default(),
+                },
+            )
+        })?;
+        let errors = errors.bind(py).clone();
+        errors.get().flush();
+        errors
+            .get()
+            .request_id
+            .store(request_id, std::sync::atomic::Ordering::Relaxed);
+        Ok(errors)
     }
 
-    /// The key as a Python string: interned for the common names, else built.
-    fn key<'py>(&self, py: Python<'py>, k: &[u8]) -> Bound<'py, PyString> {
+    /// Locks the short-value cache, once per environ.
+    fn values(&self) -> ValueCache<'_> {
+        self.values.lock().ok()
+    }
+
+    /// The key as a Python string: interned for the common names, else cached.
+    fn key<'py>(
+        &self,
+        py: Python<'py>,
+        k: &[u8],
+        cache: &mut ValueCache<'_>,
+    ) -> Bound<'py, PyString> {
         match self.keys.get(k) {
             Some(s) => s.bind(py).clone(),
             // Other names (custom headers) are cached like short values: a reused string
             // also keeps its hash, so the dict does not hash it again.
-            None => self.value(py, k),
+            None => cached(py, k, cache),
         }
     }
 }
@@ -175,9 +212,11 @@ pub(crate) fn template<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     let empty = intern!(py, "");
+    let mut cache = statics.values();
     for k in TEMPLATE_CGI {
-        d.set_item(statics.key(py, k.as_bytes()), empty)?;
+        d.set_item(statics.key(py, k.as_bytes(), &mut cache), empty)?;
     }
+    drop(cache);
     d.set_item(intern!(py, "wsgi.version"), statics.version.bind(py))?;
     d.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "http"))?;
     d.set_item(intern!(py, "wsgi.input"), py.None())?;
@@ -215,6 +254,7 @@ pub(crate) fn build<'py>(
     errors: Bound<'py, ErrorStream>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let d = template.copy()?;
+    let mut cache = statics.values();
     let (mut server_name, mut server_port, mut host): (&[u8], &[u8], &[u8]) =
         (b"", b"", b"localhost");
     let (mut https_var, mut remote_addr, mut forwarded_proto): (&[u8], &[u8], &[u8]) =
@@ -234,8 +274,8 @@ pub(crate) fn build<'py>(
             _ => {}
         }
         let before = d.len();
-        let py_key = statics.key(py, k);
-        d.set_item(&py_key, statics.value(py, v))?;
+        let py_key = statics.key(py, k, &mut cache);
+        d.set_item(&py_key, cached(py, v, &mut cache))?;
         if d.len() == before && k.starts_with(b"HTTP_") {
             // A repeated header (nginx 1.22 sends one var per line): join the values
             // instead of keeping only the last (uWSGI loses all cookies but one).
@@ -244,6 +284,7 @@ pub(crate) fn build<'py>(
             d.set_item(&py_key, latin1(py, &joined))?;
         }
     }
+    drop(cache);
     let trusted = !opts.trusted_proxies.is_empty()
         && std::str::from_utf8(remote_addr)
             .ok()

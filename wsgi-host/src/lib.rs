@@ -37,7 +37,7 @@ mod worker;
 pub use error::{AbortError, BodyError, HostError, LoadError};
 pub use input::WsgiInput;
 pub use interpreter::AppSpec;
-pub use respond::{ErrorStream, FileWrapper, StartResponse, Write};
+pub use respond::{ErrorStream, FileWrapper, StartResponse};
 pub use service::{ResponseBody, WsgiService};
 pub use types::{
     BodyChunk, BodyStream, HostOptions, RequestBody, ResponseHead, WsgiRequest, WsgiResponse,

@@ -264,7 +264,7 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<(Headers, Option<u64>)>
     Ok((out, length))
 }
 
-/// The `start_response` callable.
+/// The `start_response` callable (also the `write()` callable it returns).
 #[pyclass(frozen, module = "wsgi_host")]
 pub struct StartResponse {
     pub(crate) shared: Shared,
@@ -272,17 +272,30 @@ pub struct StartResponse {
 
 #[pymethods]
 impl StartResponse {
-    #[pyo3(signature = (status, response_headers, exc_info=None))]
+    /// `start_response(status, response_headers, exc_info=None)`, and, called with one
+    /// `bytes` argument, the `write(data)` callable it returns (the same object: no second
+    /// Python object per request).
+    #[pyo3(signature = (status, response_headers=None, exc_info=None))]
     fn __call__(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         status: &Bound<'_, PyAny>,
-        response_headers: &Bound<'_, PyAny>,
+        response_headers: Option<&Bound<'_, PyAny>>,
         exc_info: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Write>> {
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let me = slf.get();
+        let Some(response_headers) = response_headers else {
+            if status.is_instance_of::<PyString>() {
+                return Err(PyTypeError::new_err(
+                    "start_response() needs response_headers",
+                ));
+            }
+            me.write(py, status)?;
+            return Ok(py.None());
+        };
         let exc_info = exc_info.filter(|e| !e.is_none());
         {
-            let r = lock(&self.shared);
+            let r = lock(&me.shared);
             match exc_info {
                 Some(info) if r.sent() => {
                     // Headers already went out: re-raise the app's exception (PEP 3333).
@@ -299,29 +312,17 @@ impl StartResponse {
         }
         let status = parse_status(status)?;
         let (headers, length) = parse_headers(response_headers)?;
-        let mut r = lock(&self.shared);
+        let mut r = lock(&me.shared);
         r.status = Some(status);
         r.headers = headers;
         r.content_length = length;
         drop(r);
-        Py::new(
-            py,
-            Write {
-                shared: self.shared.clone(),
-            },
-        )
+        Ok(slf.clone().into_any().unbind())
     }
 }
 
-/// The `write()` callable start_response returns.
-#[pyclass(frozen, module = "wsgi_host")]
-pub struct Write {
-    shared: Shared,
-}
-
-#[pymethods]
-impl Write {
-    fn __call__(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+impl StartResponse {
+    fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let data = data
             .cast::<PyBytes>()
             .map_err(|_| PyTypeError::new_err("write() takes bytes"))?;
@@ -349,7 +350,7 @@ impl Write {
 /// `wsgi.errors`: text written here goes to the log, a line at a time, with the request id.
 #[pyclass(frozen, module = "wsgi_host", name = "Errors")]
 pub struct ErrorStream {
-    pub(crate) request_id: u64,
+    pub(crate) request_id: std::sync::atomic::AtomicU64,
     pub(crate) pending: Mutex<String>,
 }
 
@@ -361,10 +362,10 @@ impl ErrorStream {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         while let Some(i) = p.find('\n') {
             let line: String = p.drain(..=i).collect();
-            tracing::error!(target: "wsgi.errors", request_id = self.request_id, "{}", line.trim_end());
+            tracing::error!(target: "wsgi.errors", request_id = self.request_id.load(std::sync::atomic::Ordering::Relaxed), "{}", line.trim_end());
         }
         if flush_all && !p.is_empty() {
-            tracing::error!(target: "wsgi.errors", request_id = self.request_id, "{}", p.as_str());
+            tracing::error!(target: "wsgi.errors", request_id = self.request_id.load(std::sync::atomic::Ordering::Relaxed), "{}", p.as_str());
             p.clear();
         }
     }
@@ -450,7 +451,6 @@ macro_rules! opaque_debug {
 }
 opaque_debug!(
     StartResponse,
-    Write,
     ErrorStream,
     FileWrapper,
     crate::input::WsgiInput

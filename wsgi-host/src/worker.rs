@@ -12,9 +12,7 @@ use tokio::sync::oneshot;
 use crate::environ::{self, Statics};
 use crate::input::WsgiInput;
 use crate::interpreter::{self, traceback};
-use crate::respond::{
-    ErrorStream, FileWrapper, HeadTx, Responder, Shared, StartResponse, lock, send_chunk,
-};
+use crate::respond::{FileWrapper, HeadTx, Responder, Shared, StartResponse, lock, send_chunk};
 use crate::{AppSpec, BodyChunk, HostError, HostOptions, LoadError, WsgiRequest, WsgiResponse};
 
 struct Job {
@@ -228,13 +226,7 @@ fn handle(
         .and_then(|v| v.parse::<u64>().ok());
     let objects = (|| -> PyResult<_> {
         let input = Bound::new(py, WsgiInput::new(request.body, content_length))?;
-        let errors = Bound::new(
-            py,
-            ErrorStream {
-                request_id: id,
-                pending: Mutex::default(),
-            },
-        )?;
+        let errors = statics.errors(py, id)?;
         let template = statics.template(py, opts)?;
         let environ = environ::build(
             py,
