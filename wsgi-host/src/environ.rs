@@ -15,7 +15,8 @@ use crate::respond::{ErrorStream, FileWrapper};
 pub(crate) struct Statics {
     version: Py<PyTuple>,
     file_wrapper: Py<PyType>,
-    keys: rustc_hash::FxHashMap<&'static [u8], Py<PyString>>,
+    /// The common names by length, then in order: a length switch and a compare or two.
+    keys: Vec<Vec<(&'static [u8], Py<PyString>)>>,
     /// The environ every request copies (made on first use, with the host's options).
     template: pyo3::sync::PyOnceLock<Py<PyDict>>,
     /// `wsgi.errors`, one per thread (it only carries the current request id).
@@ -52,10 +53,16 @@ impl Statics {
         Ok(Self {
             version: PyTuple::new(py, [1, 0])?.unbind(),
             file_wrapper: py.get_type::<FileWrapper>().unbind(),
-            keys: COMMON_KEYS
-                .iter()
-                .map(|k| (k.as_bytes(), PyString::intern(py, k).unbind()))
-                .collect(),
+            keys: {
+                let mut by_len: Vec<Vec<(&'static [u8], Py<PyString>)>> = Vec::new();
+                for k in COMMON_KEYS {
+                    if by_len.len() <= k.len() {
+                        by_len.resize_with(k.len() + 1, Vec::new);
+                    }
+                    by_len[k.len()].push((k.as_bytes(), PyString::intern(py, k).unbind()));
+                }
+                by_len
+            },
             values: std::sync::Mutex::default(),
             template: pyo3::sync::PyOnceLock::new(),
             errors: pyo3::sync::PyOnceLock::new(),
@@ -88,8 +95,8 @@ impl Statics {
                 },
             )
         })?;
+        // The previous request flushed it at its end.
         let errors = errors.bind(py).clone();
-        errors.get().flush();
         errors
             .get()
             .request_id
@@ -109,8 +116,12 @@ impl Statics {
         k: &[u8],
         cache: &mut ValueCache<'_>,
     ) -> Bound<'py, PyString> {
-        match self.keys.get(k) {
-            Some(s) => s.bind(py).clone(),
+        let common = self
+            .keys
+            .get(k.len())
+            .and_then(|same_len| same_len.iter().find(|(name, _)| *name == k));
+        match common {
+            Some((_, s)) => s.bind(py).clone(),
             // Other names (custom headers) are cached like short values: a reused string
             // also keeps its hash, so the dict does not hash it again.
             None => cached(py, k, cache),

@@ -64,14 +64,15 @@ impl Responder {
     }
 
     /// The head as the application set it, or why it cannot be sent.
-    fn head(&self, length: Option<u64>) -> Result<ResponseHead, &'static str> {
-        let Some((status, reason)) = self.status.clone() else {
+    fn head(&mut self, length: Option<u64>) -> Result<ResponseHead, &'static str> {
+        let Some((status, reason)) = self.status.as_mut() else {
             return Err("the application did not call start_response");
         };
+        // Taken, not copied: once sent, the stored head is only checked for presence.
         Ok(ResponseHead {
-            status,
-            reason,
-            headers: self.headers.clone(),
+            status: *status,
+            reason: std::mem::take(reason),
+            headers: std::mem::take(&mut self.headers),
             content_length: self.content_length.or(length),
         })
     }
@@ -247,14 +248,16 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<(Headers, Option<u64>)>
                 String::from_utf8_lossy(&name)
             )));
         }
-        let lower = name.to_ascii_lowercase();
-        if HOP_BY_HOP.iter().any(|h| h.as_bytes() == lower.as_slice()) {
+        if HOP_BY_HOP
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+        {
             return Err(PyAssertionError::new_err(format!(
                 "hop-by-hop header {:?} is not allowed in a WSGI response",
                 String::from_utf8_lossy(&name)
             )));
         }
-        if lower == b"content-length" {
+        if name.eq_ignore_ascii_case(b"content-length") {
             length = std::str::from_utf8(&value)
                 .ok()
                 .and_then(|v| v.trim().parse().ok());
