@@ -8,7 +8,6 @@ use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 use pyo3::{IntoPyObjectExt, intern};
 
 use crate::HostOptions;
-use crate::input::WsgiInput;
 use crate::respond::{ErrorStream, FileWrapper};
 
 /// Objects every environ shares, made once per worker thread.
@@ -252,7 +251,8 @@ pub(crate) fn template<'py>(
     Ok(d)
 }
 
-/// Builds the environ for one request from `template` (see [`template`]).
+/// Builds the environ for one request from `template` (see [`template`]), all but
+/// `wsgi.input`; returns it with the body length CONTENT_LENGTH announces.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn build<'py>(
     py: Python<'py>,
@@ -261,11 +261,11 @@ pub(crate) fn build<'py>(
     env: &Env,
     https: bool,
     opts: &HostOptions,
-    input: Bound<'py, WsgiInput>,
     errors: Bound<'py, ErrorStream>,
-) -> PyResult<Bound<'py, PyDict>> {
+) -> PyResult<(Bound<'py, PyDict>, Option<u64>)> {
     let d = template.copy()?;
     let mut cache = statics.values();
+    let mut content_length = None;
     let (mut server_name, mut server_port, mut host): (&[u8], &[u8], &[u8]) =
         (b"", b"", b"localhost");
     let (mut https_var, mut remote_addr, mut forwarded_proto): (&[u8], &[u8], &[u8]) =
@@ -282,6 +282,11 @@ pub(crate) fn build<'py>(
             b"REMOTE_ADDR" => remote_addr = v,
             b"HTTP_X_FORWARDED_PROTO" => forwarded_proto = v,
             b"SCRIPT_NAME" if &v[..] == b"/" => continue, // WSGI: "" at the root
+            b"CONTENT_LENGTH" => {
+                content_length = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|n| n.parse::<u64>().ok());
+            }
             _ => {}
         }
         let before = d.len();
@@ -318,7 +323,6 @@ pub(crate) fn build<'py>(
     if scheme == "https" {
         d.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "https"))?;
     }
-    d.set_item(intern!(py, "wsgi.input"), input)?;
     d.set_item(intern!(py, "wsgi.errors"), errors)?;
-    Ok(d)
+    Ok((d, content_length))
 }

@@ -212,13 +212,12 @@ fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<(u16, String)> {
 
 /// Checks and converts the header list.
 fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<(Headers, Option<u64>)> {
-    if !headers.is_exact_instance_of::<PyList>() {
+    let Ok(list) = headers.cast_exact::<PyList>() else {
         return Err(PyTypeError::new_err("response_headers must be a list"));
-    }
-    let mut out = Vec::new();
+    };
+    let mut out = Vec::with_capacity(list.len());
     let mut length = None;
-    for item in headers.try_iter()? {
-        let item = item?;
+    for item in list.iter() {
         let pair = item
             .cast::<PyTuple>()
             .map_err(|_| PyTypeError::new_err("each header must be a (name, value) tuple"))?;

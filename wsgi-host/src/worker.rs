@@ -219,25 +219,20 @@ fn handle(
 ) {
     let Job { request, id, reply } = job;
     let shared = Responder::new(reply, capacity);
-    let content_length = request
-        .env
-        .get("CONTENT_LENGTH")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.parse::<u64>().ok());
     let objects = (|| -> PyResult<_> {
-        let input = Bound::new(py, WsgiInput::new(request.body, content_length))?;
         let errors = statics.errors(py, id)?;
         let template = statics.template(py, opts)?;
-        let environ = environ::build(
+        let (environ, content_length) = environ::build(
             py,
             statics,
             &template,
             &request.env,
             request.https,
             opts,
-            input,
             errors.clone(),
         )?;
+        let input = Bound::new(py, WsgiInput::new(request.body, content_length))?;
+        environ.set_item(intern!(py, "wsgi.input"), input)?;
         let start_response = Bound::new(
             py,
             StartResponse {
