@@ -1,5 +1,19 @@
-//! **Not yet implemented.** This crate will hold the composable server and the `gateway`
-//! binary: HTTP, uwsgi, FastCGI and SCGI listeners on TCP and unix sockets, nginx-style
-//! routing, static files, upstream pools with load balancing, the master/worker process
-//! model, and configuration from the command line, uWSGI ini files and nginx site configs.
+//! The composable server and the `gateway` binary: serves WSGI apps over HTTP and the
+//! uwsgi protocol (FastCGI and SCGI listeners, static files, routing, upstream pools and
+//! the master/worker model come next), configured with uWSGI's options and ini files.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let (options, warnings) = gateway::config::parse(["gateway", "--http", ":9001", "--wsgi-file", "app.py"])?;
+//! for w in warnings { eprintln!("{w}"); }
+//! gateway::run(options).await
+//! # }
+//! ```
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod listen;
+mod server;
+
+pub use server::run;

@@ -1,0 +1,175 @@
+//! The uwsgi protocol: what nginx's `uwsgi_pass` talks to. One request per connection;
+//! the response is raw HTTP (status line, headers, body), never chunk-encoded, ended by
+//! closing the connection.
+
+use std::os::unix::fs::FileExt;
+use std::time::Instant;
+
+use bytes::{BufMut, BytesMut};
+use cgi_family::Env;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use uwsgi_proto::io::{read_body_chunk, read_request_head};
+use uwsgi_proto::{Limits, Modifier1, PacketHeader, RequestDecoder};
+use wsgi_host::{BodyChunk, BodyError, RequestBody, WsgiHost, WsgiRequest};
+
+/// Serves one uwsgi connection with the WSGI app.
+pub async fn serve_connection<S>(mut io: S, limits: Limits, host: &WsgiHost)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let start = Instant::now();
+    let mut buf = BytesMut::with_capacity(8192);
+    let mut decoder = RequestDecoder::new(limits);
+    let head = match read_request_head(&mut io, &mut buf, &mut decoder).await {
+        Ok(Some(head)) => head,
+        Ok(None) => return,
+        Err(e) => {
+            // uWSGI closes without a reply; say why in the log, with the hint.
+            match &e {
+                uwsgi_proto::io::ReadError::Protocol(uwsgi_proto::Error::BlockTooLarge {
+                    size,
+                    limit,
+                }) => {
+                    tracing::error!(
+                        "uwsgi packet of {size} bytes is over --buffer-size {limit}: raise --buffer-size (up to 65535)"
+                    );
+                }
+                other => tracing::error!("bad uwsgi request: {other}"),
+            }
+            return;
+        }
+    };
+    match head.header().modifier1 {
+        Modifier1::PING => {
+            let _ = io.write_all(&PacketHeader::PONG.to_bytes()).await;
+            return;
+        }
+        m if m != Modifier1::WSGI && m != Modifier1::WSGI_MANAGE_PATH_INFO => {
+            tracing::error!("unavailable modifier requested: {}", m.0);
+            return;
+        }
+        _ => {}
+    }
+    let Some(vars) = head.vars() else { return };
+    let env = Env::from_uwsgi_shared(vars, head.raw());
+    let https = matches!(env.get("HTTPS"), Some(b"on" | b"1"));
+    let method = String::from_utf8_lossy(env.get("REQUEST_METHOD").unwrap_or(b"-")).into_owned();
+    let uri = String::from_utf8_lossy(
+        env.get("REQUEST_URI")
+            .or(env.get("PATH_INFO"))
+            .unwrap_or(b"-"),
+    )
+    .into_owned();
+    let protocol = env
+        .get("SERVER_PROTOCOL")
+        .filter(|p| p.starts_with(b"HTTP/"))
+        .map_or_else(|| b"HTTP/1.0".to_vec(), <[u8]>::to_vec);
+    let head_method_is_head = method == "HEAD";
+
+    // The body streams from the connection into wsgi.input.
+    let (mut reader, mut writer) = tokio::io::split(io);
+    let body = if head.content_length() > 0 {
+        let (tx, rx) = RequestBody::channel(4);
+        tokio::spawn(async move {
+            loop {
+                match read_body_chunk(&mut reader, &mut buf, &mut decoder).await {
+                    Ok(Some(chunk)) => {
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(BodyError(e.to_string()))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        rx
+    } else {
+        RequestBody::Empty
+    };
+    let response = match host.call(WsgiRequest { env, body, https }).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{e}");
+            let _ = writer.write_all(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\nService Unavailable\n").await;
+            return;
+        }
+    };
+    let mut out = BytesMut::with_capacity(512);
+    out.put_slice(&protocol);
+    out.put_slice(format!(" {} {}\r\n", response.head.status, response.head.reason).as_bytes());
+    let mut has_length = false;
+    for (k, v) in &response.head.headers {
+        has_length |= k.eq_ignore_ascii_case(b"content-length");
+        out.put_slice(k);
+        out.put_slice(b": ");
+        out.put_slice(v);
+        out.put_slice(b"\r\n");
+    }
+    if let (false, Some(n)) = (has_length, response.head.content_length) {
+        out.put_slice(format!("Content-Length: {n}\r\n").as_bytes());
+    }
+    out.put_slice(b"\r\n");
+    let status = response.head.status;
+    let mut sent = 0u64;
+    let mut body = response.body;
+    let mut ok = writer.write_all(&out).await.is_ok();
+    while ok {
+        let Some(chunk) = body.recv().await else {
+            break;
+        };
+        match chunk {
+            _ if head_method_is_head => {}
+            Ok(BodyChunk::Data(d)) => {
+                sent += d.len() as u64;
+                ok = writer.write_all(&d).await.is_ok();
+            }
+            Ok(BodyChunk::File { file, offset, len }) => {
+                ok = send_file(&mut writer, file, offset, len).await.is_ok();
+                sent += len;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!("{method} {uri}: {e}");
+                ok = false;
+            }
+        }
+    }
+    let _ = writer.shutdown().await;
+    tracing::info!(target: "access", "{method} {uri} => {status}, {sent} bytes in {} ms (uwsgi)", start.elapsed().as_millis());
+}
+
+async fn send_file<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    file: std::fs::File,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<()> {
+    let file = std::sync::Arc::new(file);
+    let mut at = offset;
+    let end = offset + len;
+    while at < end {
+        let want = usize::try_from(end - at).map_or(256 * 1024, |n| n.min(256 * 1024));
+        let f = file.clone();
+        let block = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; want];
+            let n = f.read_at(&mut buf, at)?;
+            buf.truncate(n);
+            Ok::<_, std::io::Error>(buf)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        if block.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file shorter than announced",
+            ));
+        }
+        at += block.len() as u64;
+        w.write_all(&block).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Putting the pieces together for the binary.
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use uwsgi_proto::Limits;
+use wsgi_host::{AppSpec, HostOptions, WsgiHost, WsgiService};
+
+use crate::config::Options;
+use crate::listen::{self, ListenAddr, Listener};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    Http,
+    Uwsgi,
+}
+
+fn app_spec(o: &Options) -> anyhow::Result<AppSpec> {
+    let mut spec = AppSpec {
+        wsgi_file: o.wsgi_file.clone(),
+        module: o.module.clone(),
+        callable: o.callable.clone(),
+        chdir: o.chdir.clone(),
+        pythonpath: o.pythonpath.clone(),
+        home: o.home.clone(),
+        env: Vec::new(),
+    };
+    for kv in &o.env {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--env {kv:?}: expected KEY=VALUE");
+        };
+        spec.env.push((k.to_owned(), v.to_owned()));
+    }
+    Ok(spec)
+}
+
+/// Loads the app, binds every listener, and serves until SIGINT/SIGTERM.
+pub async fn run(o: Options) -> anyhow::Result<()> {
+    let mut addrs = Vec::new();
+    for (list, proto) in [
+        (&o.http, Proto::Http),
+        (&o.http_socket, Proto::Http),
+        (&o.socket, Proto::Uwsgi),
+    ] {
+        for a in list {
+            addrs.push((ListenAddr::parse(a)?, proto));
+        }
+    }
+    if !o.fastcgi_socket.is_empty() || !o.scgi_socket.is_empty() {
+        bail!("--fastcgi-socket and --scgi-socket are not served yet by this version");
+    }
+    if addrs.is_empty() {
+        bail!("nothing to serve: give --http, --http-socket or --socket");
+    }
+    // Bind first (clear errors before the app loads), then load the app.
+    let mut listeners = Vec::new();
+    for (addr, proto) in &addrs {
+        let l = listen::bind(addr, o.chmod_socket.as_deref())
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        tracing::info!("{proto:?} listening on {addr}");
+        listeners.push((l, *proto));
+    }
+    let spec = app_spec(&o)?;
+    let host = tokio::task::spawn_blocking(move || {
+        WsgiHost::start(
+            &spec,
+            HostOptions {
+                threads: o.threads.unwrap_or(1).max(1),
+                multiprocess: o.processes.unwrap_or(1) > 1,
+                ..HostOptions::default()
+            },
+        )
+    })
+    .await??;
+    tracing::info!("WSGI app ready");
+    let limits = Limits::new()
+        .max_block_size(o.buffer_size)
+        .max_body(o.limit_post);
+    let app = Arc::new(WsgiService::new(host.clone()));
+    let mut unix_paths = Vec::new();
+    for (l, proto) in listeners {
+        let (host, app) = (host.clone(), app.clone());
+        if let Listener::Unix(_, p) = &l {
+            unix_paths.push(p.clone());
+        }
+        tokio::spawn(async move {
+            loop {
+                let accepted = match &l {
+                    Listener::Tcp(t) => t.accept().await.map(|(s, peer)| Conn::Tcp(s, peer)),
+                    Listener::Unix(u, _) => u.accept().await.map(|(s, _)| Conn::Unix(s)),
+                };
+                let conn = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!("accept: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (host, app) = (host.clone(), app.clone());
+                tokio::spawn(async move {
+                    match (conn, proto) {
+                        (Conn::Tcp(s, peer), Proto::Http) => {
+                            let _ = s.set_nodelay(true);
+                            listen::http::serve_connection(s, Some(peer), &app).await;
+                        }
+                        (Conn::Unix(s), Proto::Http) => {
+                            listen::http::serve_connection(s, None, &app).await
+                        }
+                        (Conn::Tcp(s, _), Proto::Uwsgi) => {
+                            listen::uwsgi::serve_connection(s, limits, &host).await
+                        }
+                        (Conn::Unix(s), Proto::Uwsgi) => {
+                            listen::uwsgi::serve_connection(s, limits, &host).await
+                        }
+                    }
+                });
+            }
+        });
+    }
+    if let Some(pidfile) = &o.pidfile {
+        std::fs::write(pidfile, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing {}", pidfile.display()))?;
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping");
+    if o.vacuum {
+        for p in unix_paths {
+            let _ = std::fs::remove_file(p);
+        }
+        if let Some(pidfile) = &o.pidfile {
+            let _ = std::fs::remove_file(pidfile);
+        }
+    }
+    Ok(())
+}
+
+enum Conn {
+    Tcp(tokio::net::TcpStream, std::net::SocketAddr),
+    Unix(tokio::net::UnixStream),
+}

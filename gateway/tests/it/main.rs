@@ -1,0 +1,3 @@
+//! gateway's integration tests: the binary started as users start it, with real peers.
+
+mod serve;

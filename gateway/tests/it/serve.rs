@@ -1,0 +1,274 @@
+//! The tutorial command lines, HTTP straight to the gateway, and nginx's `uwsgi_pass` in
+//! front of `--socket` over TCP and a unix socket.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use testkit::{HttpResponse, Peer};
+
+const ECHO_APP: &str = r#"
+import hashlib
+def application(environ, start_response):
+    n = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(n) if n else environ["wsgi.input"].read()
+    info = "%s %s %s %s cookie=%s len=%d sha=%s\n" % (
+        environ["REQUEST_METHOD"], environ["SCRIPT_NAME"], environ["PATH_INFO"],
+        environ["QUERY_STRING"], environ.get("HTTP_COOKIE", "-"), len(body),
+        hashlib.sha256(body).hexdigest()[:16])
+    start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+    return [info.encode("latin-1")]
+"#;
+
+fn gateway(dir: &Path, args: &[&str], wait: Option<SocketAddr>) -> Peer {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(args).current_dir(dir);
+    let mut peer = Peer::spawn("gateway", cmd, Some(&dir.join("gateway.log")));
+    if let Some(addr) = wait {
+        peer.wait_tcp(addr, Duration::from_secs(20));
+    }
+    peer
+}
+
+fn addr() -> (String, SocketAddr) {
+    let port = testkit::free_port();
+    (
+        format!("127.0.0.1:{port}"),
+        format!("127.0.0.1:{port}").parse().unwrap(),
+    )
+}
+
+fn exchange(addr: SocketAddr, raw: &[u8]) -> HttpResponse {
+    HttpResponse::parse(&testkit::raw_exchange(addr, raw, Duration::from_secs(20)))
+}
+
+fn wait_ready(peer: &Peer) {
+    for _ in 0..200 {
+        if peer.log().contains("WSGI app ready") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the app did not load:\n{}", peer.log());
+}
+
+#[test]
+fn http_tutorial_hello_world_and_requests() {
+    let dir = testkit::temp_dir();
+    std::fs::write(dir.path().join("app.py"), ECHO_APP).unwrap();
+    let (a, sa) = addr();
+    let gw = gateway(
+        dir.path(),
+        &["--http", &a, "--wsgi-file", "app.py", "--threads", "2"],
+        Some(sa),
+    );
+    wait_ready(&gw);
+
+    let r = exchange(sa, b"GET /caf%C3%A9/x?q=1 HTTP/1.1\r\nHost: t\r\nCookie: a=1\r\nCookie: b=2\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", gw.log());
+    // PATH_INFO holds the raw UTF-8 bytes (latin-1 in Python): they come back unchanged.
+    assert!(
+        r.text()
+            .starts_with("GET  /café/x q=1 cookie=a=1; b=2 len=0"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
+
+    // A chunked upload, de-chunked into wsgi.input.
+    let r = exchange(
+        sa,
+        b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    );
+    assert!(
+        r.text().contains("POST  /up  cookie=- len=11 "),
+        "{}",
+        r.text()
+    );
+
+    // Keep-alive: two requests on one connection, then HEAD.
+    let raw = testkit::raw_exchange(
+        sa,
+        b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\nGET /2 HTTP/1.1\r\nHost: t\r\n\r\nHEAD /3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 3, "{text}");
+    assert!(text.contains("GET  /1 "), "{text}");
+    assert!(text.contains("GET  /2 "), "{text}");
+    assert!(!text.contains("HEAD  /3"), "no body for HEAD: {text}");
+}
+
+#[test]
+fn flask_tutorial_command_line() {
+    let dir = testkit::temp_dir();
+    let flask =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../wsgi-host/tests/apps/flaskapp/run.py");
+    std::fs::copy(&flask, dir.path().join("run.py")).unwrap();
+    let (a, sa) = addr();
+    let gw = gateway(
+        dir.path(),
+        &["--http", &a, "--wsgi-file", "run.py", "--callable", "app"],
+        Some(sa),
+    );
+    wait_ready(&gw);
+    let r = exchange(
+        sa,
+        b"GET /?a=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("\"hello\":\"flask\""), "{}", r.text());
+}
+
+#[test]
+fn unknown_option_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--htpp", ":9000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--htpp"));
+}
+
+#[test]
+fn failing_import_exits_non_zero_with_the_traceback() {
+    let dir = testkit::temp_dir();
+    std::fs::write(
+        dir.path().join("broken.py"),
+        "import not_a_module_anywhere\n",
+    )
+    .unwrap();
+    let (a, _) = addr();
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--http", &a, "--wsgi-file", "broken.py"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("ModuleNotFoundError") && log.contains("Traceback"),
+        "{log}"
+    );
+}
+
+fn nginx_uwsgi(dir: &Path, backend: &str) -> (Peer, SocketAddr) {
+    let port = testkit::free_port();
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let conf = format!(
+        "server {{\n listen 127.0.0.1:{port};\n server_name example.com;\n client_max_body_size 20m;\n\
+         location / {{ include /etc/nginx/uwsgi_params; uwsgi_pass {backend}; }}\n}}\n"
+    );
+    let nginx_dir = dir.join("nginx");
+    std::fs::create_dir_all(&nginx_dir).unwrap();
+    (testkit::start_nginx(&nginx_dir, &conf, listen), listen)
+}
+
+#[test]
+fn nginx_uwsgi_pass_to_the_socket_over_tcp() {
+    let dir = testkit::temp_dir();
+    std::fs::write(dir.path().join("app.py"), ECHO_APP).unwrap();
+    let (a, sa) = addr();
+    let gw = gateway(
+        dir.path(),
+        &["--socket", &a, "--wsgi-file", "app.py"],
+        Some(sa),
+    );
+    wait_ready(&gw);
+    let (_nginx, front) = nginx_uwsgi(dir.path(), &a);
+
+    let r = exchange(front, b"GET /caf%C3%A9/a%20b?x=1 HTTP/1.1\r\nHost: example.com\r\nCookie: a=1\r\nCookie: b=2\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", gw.log());
+    assert!(
+        r.text()
+            .starts_with("GET  /café/a b x=1 cookie=a=1; b=2 len=0"),
+        "{}",
+        r.text()
+    );
+
+    // A 6 KB cookie: over uWSGI's default --buffer-size 4096, fine here.
+    let cookie = "c".repeat(6000);
+    let r = exchange(front, format!("GET / HTTP/1.1\r\nHost: example.com\r\nCookie: big={cookie}\r\nConnection: close\r\n\r\n").as_bytes());
+    assert_eq!(r.status, 200);
+
+    // 10 MiB POST.
+    let body: Vec<u8> = (0..10 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut raw = format!(
+        "POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    let r = exchange(front, &raw);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().contains(&format!("len={}", body.len())),
+        "{}",
+        r.text()
+    );
+}
+
+#[test]
+fn nginx_uwsgi_pass_to_a_unix_socket_with_chmod() {
+    let dir = testkit::temp_dir();
+    std::fs::write(dir.path().join("app.py"), ECHO_APP).unwrap();
+    let sock = dir.path().join("mysite.sock");
+    let gw = gateway(
+        dir.path(),
+        &[
+            "--socket",
+            "mysite.sock",
+            "--wsgi-file",
+            "app.py",
+            "--chmod-socket=664",
+            "--vacuum",
+        ],
+        None,
+    );
+    wait_ready(&gw);
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o664);
+    let (_nginx, front) = nginx_uwsgi(dir.path(), &format!("unix:{}", sock.display()));
+    let r = exchange(front, b"POST /form HTTP/1.1\r\nHost: example.com\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
+    assert_eq!(r.status, 200, "{}", gw.log());
+    assert!(
+        r.text().starts_with("POST  /form  cookie=- len=5 "),
+        "{}",
+        r.text()
+    );
+}
+
+#[test]
+fn ini_file_with_socket_and_http() {
+    let dir = testkit::temp_dir();
+    std::fs::write(dir.path().join("app.py"), ECHO_APP).unwrap();
+    let (h, sh) = addr();
+    let (s, ss) = addr();
+    std::fs::write(
+        dir.path().join("app.ini"),
+        format!("[uwsgi]\nchdir = %d\nwsgi-file = app.py\nhttp = {h}\nsocket = {s}\nprocess = 1\nthreads = 2\nmaster = true\n"),
+    )
+    .unwrap();
+    let gw = gateway(dir.path(), &["--ini", "app.ini"], Some(sh));
+    wait_ready(&gw);
+    assert!(
+        std::net::TcpStream::connect(ss).is_ok(),
+        "the uwsgi socket listens too"
+    );
+    let r = exchange(
+        sh,
+        b"GET /ini HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        gw.log().contains("`process` read as `processes`"),
+        "{}",
+        gw.log()
+    );
+}
