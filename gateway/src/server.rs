@@ -13,6 +13,8 @@ use crate::listen::{self, ListenAddr, Listener};
 enum Proto {
     Http,
     Uwsgi,
+    FastCgi,
+    Scgi,
 }
 
 fn app_spec(o: &Options) -> anyhow::Result<AppSpec> {
@@ -41,16 +43,17 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         (&o.http, Proto::Http),
         (&o.http_socket, Proto::Http),
         (&o.socket, Proto::Uwsgi),
+        (&o.fastcgi_socket, Proto::FastCgi),
+        (&o.scgi_socket, Proto::Scgi),
     ] {
         for a in list {
             addrs.push((ListenAddr::parse(a)?, proto));
         }
     }
-    if !o.fastcgi_socket.is_empty() || !o.scgi_socket.is_empty() {
-        bail!("--fastcgi-socket and --scgi-socket are not served yet by this version");
-    }
     if addrs.is_empty() {
-        bail!("nothing to serve: give --http, --http-socket or --socket");
+        bail!(
+            "nothing to serve: give --http, --http-socket, --socket, --fastcgi-socket or --scgi-socket"
+        );
     }
     // Bind first (clear errors before the app loads), then load the app.
     let mut listeners = Vec::new();
@@ -78,6 +81,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         .max_block_size(o.buffer_size)
         .max_body(o.limit_post);
     let app = Arc::new(WsgiService::new(host.clone()));
+    let (buffer_size, limit_post) = (o.buffer_size, o.limit_post);
     let mut unix_paths = Vec::new();
     for (l, proto) in listeners {
         let (host, app) = (host.clone(), app.clone());
@@ -113,6 +117,18 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
                         }
                         (Conn::Unix(s), Proto::Uwsgi) => {
                             listen::uwsgi::serve_connection(s, limits, &host).await
+                        }
+                        (Conn::Tcp(s, _), Proto::FastCgi) => {
+                            listen::fastcgi::serve_connection(s, limit_post, &host).await
+                        }
+                        (Conn::Unix(s), Proto::FastCgi) => {
+                            listen::fastcgi::serve_connection(s, limit_post, &host).await
+                        }
+                        (Conn::Tcp(s, _), Proto::Scgi) => {
+                            listen::scgi::serve_connection(s, buffer_size, limit_post, &host).await
+                        }
+                        (Conn::Unix(s), Proto::Scgi) => {
+                            listen::scgi::serve_connection(s, buffer_size, limit_post, &host).await
                         }
                     }
                 });

@@ -1,7 +1,10 @@
 //! Listeners: binding TCP and unix sockets, and the protocols served on them.
 
 mod addr;
+pub mod fastcgi;
 pub mod http;
+pub mod respond;
+pub mod scgi;
 pub mod uwsgi;
 
 pub use addr::{AddrError, ListenAddr};

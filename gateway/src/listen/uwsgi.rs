@@ -2,15 +2,16 @@
 //! the response is raw HTTP (status line, headers, body), never chunk-encoded, ended by
 //! closing the connection.
 
-use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use cgi_family::Env;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use uwsgi_proto::io::{read_body_chunk, read_request_head};
 use uwsgi_proto::{Limits, Modifier1, PacketHeader, RequestDecoder};
-use wsgi_host::{BodyChunk, BodyError, RequestBody, WsgiHost, WsgiRequest};
+use wsgi_host::{BodyError, RequestBody, WsgiHost, WsgiRequest};
+
+use super::respond::{HeadStyle, write_response};
 
 /// Serves one uwsgi connection with the WSGI app.
 pub async fn serve_connection<S>(mut io: S, limits: Limits, host: &WsgiHost)
@@ -98,78 +99,14 @@ where
             return;
         }
     };
-    let mut out = BytesMut::with_capacity(512);
-    out.put_slice(&protocol);
-    out.put_slice(format!(" {} {}\r\n", response.head.status, response.head.reason).as_bytes());
-    let mut has_length = false;
-    for (k, v) in &response.head.headers {
-        has_length |= k.eq_ignore_ascii_case(b"content-length");
-        out.put_slice(k);
-        out.put_slice(b": ");
-        out.put_slice(v);
-        out.put_slice(b"\r\n");
-    }
-    if let (false, Some(n)) = (has_length, response.head.content_length) {
-        out.put_slice(format!("Content-Length: {n}\r\n").as_bytes());
-    }
-    out.put_slice(b"\r\n");
     let status = response.head.status;
-    let mut sent = 0u64;
-    let mut body = response.body;
-    let mut ok = writer.write_all(&out).await.is_ok();
-    while ok {
-        let Some(chunk) = body.recv().await else {
-            break;
-        };
-        match chunk {
-            _ if head_method_is_head => {}
-            Ok(BodyChunk::Data(d)) => {
-                sent += d.len() as u64;
-                ok = writer.write_all(&d).await.is_ok();
-            }
-            Ok(BodyChunk::File { file, offset, len }) => {
-                ok = send_file(&mut writer, file, offset, len).await.is_ok();
-                sent += len;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!("{method} {uri}: {e}");
-                ok = false;
-            }
-        }
-    }
+    let (sent, _complete) = write_response(
+        &mut writer,
+        response,
+        HeadStyle::StatusLine(&protocol),
+        head_method_is_head,
+    )
+    .await;
     let _ = writer.shutdown().await;
     tracing::info!(target: "access", "{method} {uri} => {status}, {sent} bytes in {} ms (uwsgi)", start.elapsed().as_millis());
-}
-
-async fn send_file<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    file: std::fs::File,
-    offset: u64,
-    len: u64,
-) -> std::io::Result<()> {
-    let file = std::sync::Arc::new(file);
-    let mut at = offset;
-    let end = offset + len;
-    while at < end {
-        let want = usize::try_from(end - at).map_or(256 * 1024, |n| n.min(256 * 1024));
-        let f = file.clone();
-        let block = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; want];
-            let n = f.read_at(&mut buf, at)?;
-            buf.truncate(n);
-            Ok::<_, std::io::Error>(buf)
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        if block.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "file shorter than announced",
-            ));
-        }
-        at += block.len() as u64;
-        w.write_all(&block).await?;
-    }
-    Ok(())
 }

@@ -159,15 +159,10 @@ fn failing_import_exits_non_zero_with_the_traceback() {
 }
 
 fn nginx_uwsgi(dir: &Path, backend: &str) -> (Peer, SocketAddr) {
-    let port = testkit::free_port();
-    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let conf = format!(
-        "server {{\n listen 127.0.0.1:{port};\n server_name example.com;\n client_max_body_size 20m;\n\
-         location / {{ include /etc/nginx/uwsgi_params; uwsgi_pass {backend}; }}\n}}\n"
-    );
-    let nginx_dir = dir.join("nginx");
-    std::fs::create_dir_all(&nginx_dir).unwrap();
-    (testkit::start_nginx(&nginx_dir, &conf, listen), listen)
+    nginx_front(
+        dir,
+        &format!(" location / {{ include /etc/nginx/uwsgi_params; uwsgi_pass {backend}; }}"),
+    )
 }
 
 #[test]
@@ -270,5 +265,110 @@ fn ini_file_with_socket_and_http() {
         gw.log().contains("`process` read as `processes`"),
         "{}",
         gw.log()
+    );
+}
+
+fn nginx_front(dir: &Path, locations: &str) -> (Peer, SocketAddr) {
+    let port = testkit::free_port();
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let conf = format!(
+        "server {{\n listen 127.0.0.1:{port};\n server_name example.com;\n client_max_body_size 20m;\n{locations}\n}}\n"
+    );
+    let nginx_dir = dir.join("nginx");
+    std::fs::create_dir_all(&nginx_dir).unwrap();
+    (testkit::start_nginx(&nginx_dir, &conf, listen), listen)
+}
+
+#[test]
+fn nginx_fastcgi_pass_and_scgi_pass_to_the_gateway() {
+    let dir = testkit::temp_dir();
+    std::fs::write(dir.path().join("app.py"), ECHO_APP).unwrap();
+    let (f, sf) = addr();
+    let (s, ss) = addr();
+    let gw = gateway(
+        dir.path(),
+        &[
+            "--fastcgi-socket",
+            &f,
+            "--scgi-socket",
+            &s,
+            "--wsgi-file",
+            "app.py",
+            "--threads",
+            "4",
+        ],
+        Some(sf),
+    );
+    wait_ready(&gw);
+    assert!(std::net::TcpStream::connect(ss).is_ok());
+    let (_nginx, front) = nginx_front(
+        dir.path(),
+        &format!(
+            " location /f/ {{ include /etc/nginx/fastcgi_params; fastcgi_pass {f}; fastcgi_keep_conn on; }}\n\
+             location /s/ {{ include /etc/nginx/scgi_params; scgi_pass {s}; }}\n"
+        ),
+    );
+    for prefix in ["f", "s"] {
+        let r = exchange(
+            front,
+            format!("GET /{prefix}/caf%C3%A9?x=1 HTTP/1.1\r\nHost: example.com\r\nCookie: a=1\r\nCookie: b=2\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{prefix}: {}", gw.log());
+        assert_eq!(
+            r.header("status"),
+            None,
+            "nginx hides the CGI Status header"
+        );
+        assert!(
+            r.text()
+                .starts_with(&format!("GET  /{prefix}/café x=1 cookie=a=1; b=2 len=0")),
+            "{prefix}: {}",
+            r.text()
+        );
+        let body: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 249) as u8).collect();
+        let mut raw = format!("POST /{prefix}/up HTTP/1.1\r\nHost: example.com\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).into_bytes();
+        raw.extend_from_slice(&body);
+        let r = exchange(front, &raw);
+        assert_eq!(r.status, 200, "{prefix}");
+        assert!(
+            r.text().contains(&format!("len={}", body.len())),
+            "{prefix}: {}",
+            r.text()
+        );
+    }
+}
+
+#[test]
+fn cgi_fcgi_against_the_fastcgi_socket() {
+    let dir = testkit::temp_dir();
+    std::fs::write(dir.path().join("app.py"), ECHO_APP).unwrap();
+    let (f, sf) = addr();
+    let gw = gateway(
+        dir.path(),
+        &["--fastcgi-socket", &f, "--wsgi-file", "app.py"],
+        Some(sf),
+    );
+    wait_ready(&gw);
+    let mut child = Command::new(testkit::require("cgi-fcgi"))
+        .args(["-bind", "-connect", &f])
+        .env_clear()
+        .env("REQUEST_METHOD", "POST")
+        .env("SCRIPT_NAME", "/fcgi/path")
+        .env("QUERY_STRING", "k=v")
+        .env("CONTENT_LENGTH", "5")
+        .env("SERVER_NAME", "localhost")
+        .env("SERVER_PORT", "80")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"hello").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("Status: 200 OK\r\n"), "{text}");
+    assert!(
+        text.contains("POST  /fcgi/path k=v cookie=- len=5 "),
+        "{text}"
     );
 }

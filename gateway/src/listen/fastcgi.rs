@@ -1,0 +1,192 @@
+//! FastCGI: what nginx's `fastcgi_pass` (and `cgi-fcgi`) talk to. Requests may share a
+//! connection (`fastcgi_keep_conn on`) or be multiplexed on it; each answer is a CGI-style
+//! response in STDOUT records, then END_REQUEST.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use cgi_family::Env;
+use cgi_family::fastcgi::{self, Event, RecordType, ServerConfig, ServerConnection};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
+use tokio::sync::{Mutex, mpsc};
+use wsgi_host::{BodyChunk, BodyError, RequestBody, WsgiHost, WsgiRequest};
+
+use super::respond::{HeadStyle, file_block, head_bytes};
+
+type Writer<S> = Arc<Mutex<WriteHalf<S>>>;
+
+async fn send_stdout<S: AsyncWrite>(w: &Writer<S>, id: u16, data: &[u8]) -> bool {
+    let mut out = BytesMut::with_capacity(data.len() + 16);
+    if fastcgi::encode_stream(RecordType::STDOUT, id, data, &mut out).is_err() {
+        return false;
+    }
+    w.lock().await.write_all(&out).await.is_ok()
+}
+
+/// nginx's fastcgi_params send the whole path as SCRIPT_NAME and no PATH_INFO: for a WSGI
+/// app mounted at the root, that path is PATH_INFO.
+fn mount_at_root(env: &mut Env) {
+    if !env.contains("PATH_INFO") {
+        let path = env.get_bytes("SCRIPT_NAME").cloned().unwrap_or_default();
+        env.set("PATH_INFO", path);
+        env.set("SCRIPT_NAME", Bytes::new());
+    }
+}
+
+async fn answer<S: AsyncWrite + Send + 'static>(
+    w: Writer<S>,
+    id: u16,
+    request: WsgiRequest,
+    host: WsgiHost,
+    done: mpsc::UnboundedSender<u16>,
+) {
+    let start = Instant::now();
+    let method =
+        String::from_utf8_lossy(request.env.get("REQUEST_METHOD").unwrap_or(b"-")).into_owned();
+    let uri = String::from_utf8_lossy(request.env.get("REQUEST_URI").unwrap_or(b"-")).into_owned();
+    let head_request = method == "HEAD";
+    let mut status = 503;
+    let mut sent = 0u64;
+    match host.call(request).await {
+        Err(e) => {
+            tracing::error!("{e}");
+            send_stdout(&w, id, b"Status: 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\nService Unavailable\n").await;
+        }
+        Ok(mut response) => {
+            status = response.head.status;
+            let mut ok = send_stdout(&w, id, &head_bytes(&response, HeadStyle::Cgi)).await;
+            while ok {
+                let Some(chunk) = response.body.recv().await else {
+                    break;
+                };
+                ok = match chunk {
+                    _ if head_request => true,
+                    Ok(BodyChunk::Data(d)) => {
+                        sent += d.len() as u64;
+                        send_stdout(&w, id, &d).await
+                    }
+                    Ok(BodyChunk::File { file, offset, len }) => {
+                        let file = Arc::new(file);
+                        let (mut at, end) = (offset, offset + len);
+                        let mut good = true;
+                        while good && at < end {
+                            good = match file_block(&file, at, end).await {
+                                Ok(block) => {
+                                    at += block.len() as u64;
+                                    send_stdout(&w, id, &block).await
+                                }
+                                Err(_) => false,
+                            };
+                        }
+                        sent += at - offset;
+                        good
+                    }
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::error!("{method} {uri}: {e}");
+                        false
+                    }
+                };
+            }
+        }
+    }
+    tracing::info!(target: "access", "{method} {uri} => {status}, {sent} bytes in {} ms (fastcgi)", start.elapsed().as_millis());
+    let _ = done.send(id);
+}
+
+/// Serves one FastCGI connection with the WSGI app.
+pub async fn serve_connection<S>(io: S, max_body: Option<u64>, host: &WsgiHost)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut reader, writer) = tokio::io::split(io);
+    let writer: Writer<S> = Arc::new(Mutex::new(writer));
+    let mut conn = ServerConnection::new(ServerConfig::default());
+    let mut bodies: HashMap<u16, mpsc::Sender<Result<Bytes, BodyError>>> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u16>();
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    loop {
+        loop {
+            let ev = match conn.poll_event(&mut buf) {
+                Ok(Some(ev)) => ev,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!("bad FastCGI stream: {e}");
+                    return;
+                }
+            };
+            match ev {
+                Event::Request { id, mut env, .. } => {
+                    mount_at_root(&mut env);
+                    let too_big = max_body
+                        .zip(
+                            env.get("CONTENT_LENGTH")
+                                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok()),
+                        )
+                        .is_some_and(|(limit, n)| n > limit);
+                    if too_big {
+                        send_stdout(&writer, id, b"Status: 413 Request Entity Too Large\r\nContent-Type: text/plain\r\n\r\nRequest Entity Too Large\n").await;
+                        let _ = done_tx.send(id);
+                        continue;
+                    }
+                    let https = matches!(env.get("HTTPS"), Some(b"on" | b"1"));
+                    let (tx, body) = RequestBody::channel(4);
+                    bodies.insert(id, tx);
+                    let request = WsgiRequest { env, body, https };
+                    tokio::spawn(answer(
+                        writer.clone(),
+                        id,
+                        request,
+                        host.clone(),
+                        done_tx.clone(),
+                    ));
+                }
+                Event::Stdin { id, data } => {
+                    if let Some(tx) = bodies.get(&id) {
+                        if tx.send(Ok(data)).await.is_err() {
+                            bodies.remove(&id); // the app stopped reading
+                        }
+                    }
+                }
+                Event::StdinEnd { id } => {
+                    bodies.remove(&id);
+                }
+                Event::Abort { id } => {
+                    if let Some(tx) = bodies.remove(&id) {
+                        let _ = tx
+                            .send(Err(BodyError("the web server aborted the request".into())))
+                            .await;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(out) = conn.take_output() {
+            if writer.lock().await.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+        buf.reserve(16 * 1024);
+        tokio::select! {
+            read = reader.read_buf(&mut buf) => {
+                if matches!(read, Ok(0) | Err(_)) {
+                    return; // requests in flight see their body end; their output is dropped
+                }
+            }
+            Some(id) = done_rx.recv() => {
+                let mut out = BytesMut::new();
+                let keep = conn.end_request(id, 0, &mut out);
+                let mut w = writer.lock().await;
+                if w.write_all(&out).await.is_err() {
+                    return;
+                }
+                if !keep && conn.active_requests().next().is_none() {
+                    let _ = w.shutdown().await;
+                    return;
+                }
+            }
+        }
+    }
+}

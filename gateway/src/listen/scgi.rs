@@ -1,0 +1,93 @@
+//! SCGI: what nginx's `scgi_pass` talks to. One request per connection; the response is a
+//! CGI-style head (`Status:`) and the body, ended by closing the connection.
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+use cgi_family::scgi::{Duplicates, ScgiDecoder, ScgiLimits};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use wsgi_host::{BodyError, RequestBody, WsgiHost, WsgiRequest};
+
+use super::respond::{HeadStyle, write_response};
+
+/// Serves one SCGI connection with the WSGI app. nginx 1.22 repeats `HTTP_COOKIE` for
+/// repeated Cookie lines (the spec forbids duplicates): the values are joined.
+pub async fn serve_connection<S>(io: S, max_header: usize, max_body: Option<u64>, host: &WsgiHost)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let start = Instant::now();
+    let (mut reader, mut writer) = tokio::io::split(io);
+    let mut decoder = ScgiDecoder::new(ScgiLimits {
+        max_header,
+        max_body,
+        duplicates: Duplicates::Join,
+    });
+    let mut buf = BytesMut::with_capacity(8192);
+    let head = loop {
+        match decoder.decode_head(&mut buf) {
+            Ok(Some(h)) => break h,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!("bad SCGI request: {e}");
+                return;
+            }
+        }
+        buf.reserve(8192);
+        match reader.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    };
+    let mut env = head.into_env();
+    // scgi_params sends DOCUMENT_URI, no PATH_INFO: the app is mounted at the root.
+    if !env.contains("PATH_INFO") {
+        let uri = env.get_bytes("DOCUMENT_URI").cloned().unwrap_or_default();
+        env.push("PATH_INFO", uri);
+    }
+    let https = matches!(env.get("HTTPS"), Some(b"on" | b"1"));
+    let method = String::from_utf8_lossy(env.get("REQUEST_METHOD").unwrap_or(b"-")).into_owned();
+    let uri = String::from_utf8_lossy(env.get("REQUEST_URI").unwrap_or(b"-")).into_owned();
+    let body = if decoder.body_remaining() > 0 {
+        let (tx, rx) = RequestBody::channel(4);
+        tokio::spawn(async move {
+            while !decoder.is_done() {
+                if let Some(chunk) = decoder.decode_body(&mut buf) {
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                buf.reserve(16 * 1024);
+                match reader.read_buf(&mut buf).await {
+                    Ok(0) => {
+                        let _ = tx
+                            .send(Err(BodyError("the SCGI peer closed mid-body".into())))
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(BodyError(e.to_string()))).await;
+                        return;
+                    }
+                    Ok(_) => {}
+                }
+            }
+        });
+        rx
+    } else {
+        RequestBody::Empty
+    };
+    let response = match host.call(WsgiRequest { env, body, https }).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{e}");
+            let _ = writer.write_all(b"Status: 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\nService Unavailable\n").await;
+            return;
+        }
+    };
+    let status = response.head.status;
+    let (sent, _) = write_response(&mut writer, response, HeadStyle::Cgi, method == "HEAD").await;
+    let _ = writer.shutdown().await;
+    tracing::info!(target: "access", "{method} {uri} => {status}, {sent} bytes in {} ms (scgi)", start.elapsed().as_millis());
+}
