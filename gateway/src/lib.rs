@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod handler;
 pub mod listen;
 mod server;
 

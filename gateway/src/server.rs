@@ -7,6 +7,8 @@ use uwsgi_proto::Limits;
 use wsgi_host::{AppSpec, HostOptions, WsgiHost, WsgiService};
 
 use crate::config::Options;
+use crate::handler::{StaticFiles, StaticMap};
+use crate::listen::http::HttpApp;
 use crate::listen::{self, ListenAddr, Listener};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +82,17 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     let limits = Limits::new()
         .max_block_size(o.buffer_size)
         .max_body(o.limit_post);
-    let app = Arc::new(WsgiService::new(host.clone()));
+    let statics = o
+        .static_map
+        .iter()
+        .map(|m| StaticMap::parse(m))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let app = Arc::new(HttpApp {
+        wsgi: WsgiService::new(host.clone()),
+        statics: Arc::new(StaticFiles::new(statics)),
+        limit_post: o.limit_post,
+    });
     let (buffer_size, limit_post) = (o.buffer_size, o.limit_post);
     let mut unix_paths = Vec::new();
     for (l, proto) in listeners {

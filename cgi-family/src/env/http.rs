@@ -530,8 +530,15 @@ fn split_target(target: &[u8]) -> Result<(&[u8], &[u8]), PathError> {
     })
 }
 
-/// nginx's `$uri`: percent-decoded, `//` merged, `.` and `..` resolved.
-pub(crate) fn normalize_path(raw: &[u8]) -> Result<Vec<u8>, PathError> {
+/// nginx's `$uri`: the path percent-decoded, `//` merged, `.` and `..` resolved; a bad
+/// escape, a NUL byte or a `..` above the root is an error (nginx answers 400).
+///
+/// ```
+/// use cgi_family::{normalize_path, PathError};
+/// assert_eq!(normalize_path(b"/static/a%20b//c/../d").unwrap(), b"/static/a b/d");
+/// assert_eq!(normalize_path(b"/static/%2e%2e/%2e%2e/etc/passwd"), Err(PathError::AboveRoot));
+/// ```
+pub fn normalize_path(raw: &[u8]) -> Result<Vec<u8>, PathError> {
     let mut decoded = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {

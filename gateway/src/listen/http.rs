@@ -1,56 +1,88 @@
-//! HTTP/1.1 on hyper: keep-alive, pipelining, chunked bodies, `Expect: 100-continue`, HEAD.
+//! HTTP/1.1 on hyper: keep-alive, pipelining, chunked bodies, `Expect: 100-continue`,
+//! HEAD; static maps first, then the WSGI app.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tower_like::ServiceExt;
 use wsgi_host::WsgiService;
 
-mod tower_like {
-    //! `hyper::service::Service` from the WSGI `tower::Service`, with the peer address.
-    use std::convert::Infallible;
-    use std::net::SocketAddr;
+use crate::handler::{Body, StaticFiles};
 
-    use wsgi_host::WsgiService;
+/// What an HTTP listener serves.
+#[derive(Debug, Clone)]
+pub struct HttpApp {
+    /// The WSGI app.
+    pub wsgi: WsgiService,
+    /// Static maps, looked at first.
+    pub statics: Arc<StaticFiles>,
+    /// The largest body accepted (`--limit-post`): 413 before reading it.
+    pub limit_post: Option<u64>,
+}
 
-    pub(super) trait ServiceExt {
-        fn with_peer(&self, peer: Option<SocketAddr>) -> WithPeer;
-    }
+struct PerConnection {
+    app: HttpApp,
+    peer: Option<SocketAddr>,
+}
 
-    impl ServiceExt for WsgiService {
-        fn with_peer(&self, peer: Option<SocketAddr>) -> WithPeer {
-            WithPeer {
-                inner: self.clone(),
-                peer,
-            }
+fn plain(status: http::StatusCode, text: &'static str) -> http::Response<Body> {
+    let mut r = http::Response::new(Body::full(text));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnection {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        if let Some(peer) = self.peer {
+            req.extensions_mut().insert(peer);
         }
-    }
-
-    pub(super) struct WithPeer {
-        inner: WsgiService,
-        peer: Option<SocketAddr>,
-    }
-
-    impl hyper::service::Service<http::Request<hyper::body::Incoming>> for WithPeer {
-        type Response = http::Response<wsgi_host::ResponseBody>;
-        type Error = Infallible;
-        type Future =
-            <WsgiService as tower_service::Service<http::Request<hyper::body::Incoming>>>::Future;
-
-        fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
-            if let Some(peer) = self.peer {
-                req.extensions_mut().insert(peer);
-            }
-            let mut svc = self.inner.clone();
-            tower_service::Service::call(&mut svc, req)
-        }
+        let app = self.app.clone();
+        Box::pin(async move {
+            let start = Instant::now();
+            let (method, target) = (req.method().clone(), req.uri().to_string());
+            let response = if let Some(r) = app
+                .statics
+                .serve(req.method(), req.uri().path(), req.headers())
+                .await
+            {
+                r
+            } else if app.limit_post.is_some_and(|limit| {
+                req.headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .is_some_and(|n| n > limit)
+            }) {
+                // Refused before the body is read (no 100 Continue is sent).
+                plain(
+                    http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "Request Entity Too Large\n",
+                )
+            } else {
+                let mut svc = app.wsgi.clone();
+                let r = tower_service::Service::call(&mut svc, req).await?;
+                r.map(Body::Wsgi)
+            };
+            tracing::info!(target: "access", "{method} {target} => {}, in {} ms (http)", response.status().as_u16(), start.elapsed().as_millis());
+            Ok(response)
+        })
     }
 }
 
-/// Serves one HTTP/1.1 connection with the WSGI app.
-pub async fn serve_connection<S>(io: S, peer: Option<SocketAddr>, app: &WsgiService)
+/// Serves one HTTP/1.1 connection.
+pub async fn serve_connection<S>(io: S, peer: Option<SocketAddr>, app: &HttpApp)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -59,7 +91,13 @@ where
         .timer(TokioTimer::new())
         // Slow clients cannot pin a connection forever while sending the head.
         .header_read_timeout(Duration::from_secs(30))
-        .serve_connection(TokioIo::new(io), app.with_peer(peer));
+        .serve_connection(
+            TokioIo::new(io),
+            PerConnection {
+                app: app.clone(),
+                peer,
+            },
+        );
     if let Err(e) = conn.await {
         tracing::debug!("http connection: {e}");
     }

@@ -372,3 +372,135 @@ fn cgi_fcgi_against_the_fastcgi_socket() {
         "{text}"
     );
 }
+
+#[test]
+fn static_maps() {
+    let dir = testkit::temp_dir();
+    std::fs::write(dir.path().join("app.py"), ECHO_APP).unwrap();
+    let st = dir.path().join("static");
+    std::fs::create_dir_all(st.join("sub")).unwrap();
+    let css: Vec<u8> = b"body { color: #333; }\n".repeat(100);
+    std::fs::write(st.join("style.css"), &css).unwrap();
+    std::fs::write(st.join("sub/index.html"), b"<h1>index</h1>").unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", st.join("escape.txt")).unwrap();
+    let (a, sa) = addr();
+    let gw = gateway(
+        dir.path(),
+        &[
+            "--http",
+            &a,
+            "--wsgi-file",
+            "app.py",
+            "--static-map",
+            &format!("/static={}", st.display()),
+        ],
+        Some(sa),
+    );
+    wait_ready(&gw);
+    let get = |path: &str, extra: &str| {
+        exchange(
+            sa,
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+    };
+
+    let r = get("/static/style.css", "");
+    assert_eq!(r.status, 200, "{}", gw.log());
+    assert_eq!(r.body, css);
+    assert_eq!(r.header("content-type"), Some("text/css"));
+    assert_eq!(
+        r.header("content-length"),
+        Some(css.len().to_string().as_str())
+    );
+    let etag = r.header("etag").expect("an ETag").to_owned();
+    let last_modified = r.header("last-modified").expect("Last-Modified").to_owned();
+
+    assert_eq!(
+        get("/static/style.css", &format!("If-None-Match: {etag}\r\n")).status,
+        304
+    );
+    let r = get(
+        "/static/style.css",
+        &format!("If-Modified-Since: {last_modified}\r\n"),
+    );
+    assert_eq!((r.status, r.body.len()), (304, 0));
+    let r = get("/static/style.css", "Range: bytes=0-9\r\n");
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &css[..10]);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes 0-9/{}", css.len()).as_str())
+    );
+    let r = get("/static/style.css", "Range: bytes=-5\r\n");
+    assert_eq!((r.status, r.body.as_slice()), (206, &css[css.len() - 5..]));
+    let r = get("/static/style.css", "Range: bytes=999999-\r\n");
+    assert_eq!(r.status, 416);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes */{}", css.len()).as_str())
+    );
+
+    let head = testkit::raw_exchange(
+        sa,
+        b"HEAD /static/style.css HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    let head = String::from_utf8_lossy(&head);
+    assert!(
+        head.starts_with("HTTP/1.1 200 OK") && head.ends_with("\r\n\r\n"),
+        "{head}"
+    );
+
+    let r = get("/static/sub/", "");
+    assert_eq!((r.status, r.text().as_str()), (200, "<h1>index</h1>"));
+    // Traversal: decoded `..` above the root is refused; inside, it just leaves the map.
+    assert_eq!(
+        get("/static/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "").status,
+        400
+    );
+    let r = get("/static/../app.py", "");
+    assert!(
+        r.text().starts_with("GET  /app.py "),
+        "went to the app: {}",
+        r.text()
+    );
+    // A symlink out of the root.
+    assert_eq!(get("/static/escape.txt", "").status, 403);
+    // A missing file goes on to the app (uWSGI's behaviour).
+    let r = get("/static/missing.png", "");
+    assert!(
+        r.text().starts_with("GET  /static/missing.png "),
+        "{}",
+        r.text()
+    );
+    let r = exchange(sa, b"POST /static/style.css HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 405);
+}
+
+#[test]
+fn limit_post_answers_413_before_reading() {
+    let dir = testkit::temp_dir();
+    std::fs::write(dir.path().join("app.py"), ECHO_APP).unwrap();
+    let (a, sa) = addr();
+    let gw = gateway(
+        dir.path(),
+        &[
+            "--http",
+            &a,
+            "--wsgi-file",
+            "app.py",
+            "--limit-post",
+            "1000",
+        ],
+        Some(sa),
+    );
+    wait_ready(&gw);
+    let r = exchange(sa, b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5000000\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 413);
+    let r = exchange(
+        sa,
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    );
+    assert_eq!(r.status, 200);
+}

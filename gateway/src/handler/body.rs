@@ -1,0 +1,106 @@
+//! One response body type for everything the HTTP listener answers.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use tokio::sync::mpsc;
+
+/// A response body: the WSGI app's, a file's, or a fixed one.
+#[derive(Debug)]
+pub enum Body {
+    /// A WSGI response.
+    Wsgi(wsgi_host::ResponseBody),
+    /// A region of a file, read in blocks off the async threads.
+    File {
+        /// The blocks.
+        rx: mpsc::Receiver<std::io::Result<Bytes>>,
+        /// Bytes still to come.
+        left: u64,
+    },
+    /// All of it at once (or nothing).
+    Full(Option<Bytes>),
+}
+
+impl Body {
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self::Full(None)
+    }
+
+    /// A fixed body.
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        Self::Full(Some(b.into()))
+    }
+
+    /// `len` bytes of `file` from `offset`.
+    pub fn file(file: std::fs::File, offset: u64, len: u64) -> Self {
+        use std::os::unix::fs::FileExt;
+        let (tx, rx) = mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            let (mut at, end) = (offset, offset + len);
+            while at < end {
+                let want = usize::try_from(end - at).map_or(64 * 1024, |n| n.min(64 * 1024));
+                let mut buf = vec![0u8; want];
+                let item = match file.read_at(&mut buf, at) {
+                    Ok(0) => Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "file shrank",
+                    )),
+                    Ok(n) => {
+                        buf.truncate(n);
+                        at += n as u64;
+                        Ok(Bytes::from(buf))
+                    }
+                    Err(e) => Err(e),
+                };
+                let stop = item.is_err();
+                if tx.blocking_send(item).is_err() || stop {
+                    return;
+                }
+            }
+        });
+        Self::File { rx, left: len }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Wsgi(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::File { rx, left } => match rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(b))) => {
+                    *left = left.saturating_sub(b.len() as u64);
+                    Poll::Ready(Some(Ok(Frame::data(b))))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Wsgi(b) => b.is_end_stream(),
+            Self::Full(b) => b.is_none(),
+            Self::File { left, .. } => *left == 0,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Wsgi(b) => b.size_hint(),
+            Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::File { left, .. } => SizeHint::with_exact(*left),
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Request handlers: static files (the WSGI handler is `wsgi_host::WsgiService`).
+
+pub mod body;
+pub mod static_files;
+
+pub use body::Body;
+pub use static_files::{StaticFiles, StaticMap};

@@ -1,0 +1,259 @@
+//! Static files (uWSGI's `--static-map /url=DIR`): MIME types, ETag and Last-Modified with
+//! 304, single byte ranges (206/416), HEAD, `index.html`, and no way out of the mapped
+//! directory (`..`, encoded `%2e%2e`, symlinks out of the root are refused).
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+
+use super::Body;
+
+/// One mapping: URL prefix to directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticMap {
+    /// The URL prefix, without a trailing `/`.
+    pub prefix: String,
+    /// The directory.
+    pub root: PathBuf,
+}
+
+impl StaticMap {
+    /// Parses uWSGI's `/url=DIR`.
+    ///
+    /// ```
+    /// let m = gateway::handler::StaticMap::parse("/static=/srv/app/static").unwrap();
+    /// assert_eq!((m.prefix.as_str(), m.root.to_str().unwrap()), ("/static", "/srv/app/static"));
+    /// ```
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let Some((url, dir)) = s.split_once('=') else {
+            return Err(format!("--static-map {s:?}: expected /url=DIR"));
+        };
+        if !url.starts_with('/') || dir.is_empty() {
+            return Err(format!("--static-map {s:?}: expected /url=DIR"));
+        }
+        Ok(Self {
+            prefix: url.trim_end_matches('/').to_owned(),
+            root: PathBuf::from(dir),
+        })
+    }
+}
+
+/// The static maps of a server.
+#[derive(Debug, Clone, Default)]
+pub struct StaticFiles {
+    maps: Vec<StaticMap>,
+}
+
+fn plain(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(Body::full(format!("{status}\n")));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// A single satisfiable range, `Err(())` for an unsatisfiable one, `None` to ignore.
+fn parse_range(v: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
+    let spec = v.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None; // several ranges: answered with the whole file
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    let range = if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        if n == 0 {
+            return Some(Err(()));
+        }
+        (size.saturating_sub(n), size.checked_sub(1)?)
+    } else {
+        let start: u64 = a.parse().ok()?;
+        let end = if b.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            b.parse::<u64>().ok()?.min(size.saturating_sub(1))
+        };
+        if start >= size || (!b.is_empty() && b.parse::<u64>().ok()? < start) {
+            return Some(Err(()));
+        }
+        (start, end)
+    };
+    Some(Ok(range))
+}
+
+impl StaticFiles {
+    /// Static maps, longest prefix first.
+    pub fn new(mut maps: Vec<StaticMap>) -> Self {
+        maps.sort_by_key(|m| std::cmp::Reverse(m.prefix.len()));
+        Self { maps }
+    }
+
+    /// Whether there is no map.
+    pub fn is_empty(&self) -> bool {
+        self.maps.is_empty()
+    }
+
+    /// Answers `path` (the raw request path, before `?`) if a map covers it and the file
+    /// exists; `None` lets the request go on to the app (as uWSGI does for a missing file).
+    pub async fn serve(
+        &self,
+        method: &Method,
+        raw_path: &str,
+        headers: &HeaderMap,
+    ) -> Option<Response<Body>> {
+        if self.maps.is_empty() {
+            return None;
+        }
+        let Ok(path) = cgi_family::normalize_path(raw_path.as_bytes()) else {
+            // `..` above the root, a NUL, a bad escape: refused, as nginx does.
+            let under_a_map = self.maps.iter().any(|m| raw_path.starts_with(&m.prefix));
+            return under_a_map.then(|| plain(StatusCode::BAD_REQUEST));
+        };
+        let map = self.maps.iter().find(|m| {
+            path.starts_with(m.prefix.as_bytes())
+                && matches!(path.get(m.prefix.len()), None | Some(b'/'))
+        })?;
+        let rest = &path[map.prefix.len()..];
+        let rest = rest.strip_prefix(b"/").unwrap_or(rest);
+        let mut file = map.root.join(std::ffi::OsStr::from_bytes(rest));
+        let mut meta = tokio::fs::metadata(&file).await.ok()?;
+        if meta.is_dir() {
+            file = file.join("index.html");
+            meta = tokio::fs::metadata(&file)
+                .await
+                .ok()
+                .filter(std::fs::Metadata::is_file)?;
+        }
+        if !meta.is_file() {
+            return None;
+        }
+        // No way out of the root through symlinks.
+        let (real, root) = (
+            tokio::fs::canonicalize(&file).await.ok()?,
+            tokio::fs::canonicalize(&map.root).await.ok()?,
+        );
+        if !real.starts_with(&root) {
+            tracing::warn!(
+                "static file {} leads out of {}: refused",
+                file.display(),
+                root.display()
+            );
+            return Some(plain(StatusCode::FORBIDDEN));
+        }
+        if method != Method::GET && method != Method::HEAD {
+            let mut r = plain(StatusCode::METHOD_NOT_ALLOWED);
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return Some(r);
+        }
+        let size = meta.len();
+        let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+        let secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let etag = format!("\"{secs:x}-{size:x}\"");
+        let last_modified =
+            httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(secs));
+        let mut common = HeaderMap::new();
+        let mime = mime_guess::from_path(&real).first_or_octet_stream();
+        common.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(mime.as_ref())
+                .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        );
+        common.insert(
+            header::LAST_MODIFIED,
+            HeaderValue::from_str(&last_modified).unwrap_or(HeaderValue::from_static("")),
+        );
+        common.insert(
+            header::ETAG,
+            HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("")),
+        );
+        common.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+
+        // Conditional requests: If-None-Match first, else If-Modified-Since.
+        let not_modified = match headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(inm) => inm.split(',').any(|t| {
+                let t = t.trim();
+                t == "*" || t == etag || t.strip_prefix("W/") == Some(etag.as_str())
+            }),
+            None => headers
+                .get(header::IF_MODIFIED_SINCE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| httpdate::parse_http_date(v).ok())
+                .is_some_and(|since: SystemTime| {
+                    since >= UNIX_EPOCH + std::time::Duration::from_secs(secs)
+                }),
+        };
+        if not_modified {
+            let mut r = Response::new(Body::empty());
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            common.remove(header::CONTENT_TYPE);
+            common.remove(header::ACCEPT_RANGES);
+            *r.headers_mut() = common;
+            return Some(r);
+        }
+        let if_range_ok = headers
+            .get(header::IF_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| v == etag || v == last_modified);
+        let range = headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .filter(|_| if_range_ok)
+            .and_then(|v| parse_range(v, size));
+        let (status, start, len) = match range {
+            Some(Ok((a, b))) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+            Some(Err(())) => {
+                let mut r = plain(StatusCode::RANGE_NOT_SATISFIABLE);
+                r.headers_mut().insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{size}"))
+                        .unwrap_or(HeaderValue::from_static("")),
+                );
+                return Some(r);
+            }
+            None => (StatusCode::OK, 0, size),
+        };
+        let body = if method == Method::HEAD || len == 0 {
+            Body::empty()
+        } else {
+            match std::fs::File::open(&real) {
+                Ok(f) => Body::file(f, start, len),
+                Err(_) => return Some(plain(StatusCode::FORBIDDEN)),
+            }
+        };
+        let mut r = Response::new(body);
+        *r.status_mut() = status;
+        common.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if status == StatusCode::PARTIAL_CONTENT {
+            common.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1))
+                    .unwrap_or(HeaderValue::from_static("")),
+            );
+        }
+        *r.headers_mut() = common;
+        Some(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some(Ok((0, 9))));
+        assert_eq!(parse_range("bytes=90-", 100), Some(Ok((90, 99))));
+        assert_eq!(parse_range("bytes=-10", 100), Some(Ok((90, 99))));
+        assert_eq!(parse_range("bytes=50-500", 100), Some(Ok((50, 99))));
+        assert_eq!(parse_range("bytes=100-", 100), Some(Err(())));
+        assert_eq!(parse_range("bytes=9-3", 100), Some(Err(())));
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+    }
+}
