@@ -38,8 +38,36 @@ fn app_spec(o: &Options) -> anyhow::Result<AppSpec> {
     Ok(spec)
 }
 
+/// Options this version parses but does not act on yet: said at start-up, never silently
+/// ignored.
+fn not_yet(o: &Options) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    let mut say = |on: bool, name: &'static str| {
+        if on {
+            v.push(name);
+        }
+    };
+    say(
+        o.processes.is_some_and(|p| p > 1),
+        "--processes above 1 (one process serves, with --threads threads)",
+    );
+    say(o.max_requests.is_some(), "--max-requests");
+    say(o.harakiri.is_some(), "--harakiri");
+    say(o.reload_on_rss.is_some(), "--reload-on-rss");
+    say(o.lazy_apps, "--lazy-apps");
+    say(o.logto.is_some(), "--logto");
+    say(o.daemonize.is_some(), "--daemonize");
+    say(o.uid.is_some() || o.gid.is_some(), "--uid/--gid");
+    say(o.py_autoreload.is_some_and(|n| n > 0), "--py-autoreload");
+    say(o.stats.is_some(), "--stats");
+    v
+}
+
 /// Loads the app, binds every listener, and serves until SIGINT/SIGTERM.
 pub async fn run(o: Options) -> anyhow::Result<()> {
+    for name in not_yet(&o) {
+        tracing::warn!("{name} is accepted but not implemented by this version yet");
+    }
     let mut addrs = Vec::new();
     for (list, proto) in [
         (&o.http, Proto::Http),
@@ -94,6 +122,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         limit_post: o.limit_post,
     });
     let (buffer_size, limit_post) = (o.buffer_size, o.limit_post);
+    let head_timeout = std::time::Duration::from_secs(o.socket_timeout.max(1));
     let mut unix_paths = Vec::new();
     for (l, proto) in listeners {
         let (host, app) = (host.clone(), app.clone());
@@ -125,10 +154,10 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
                             listen::http::serve_connection(s, None, &app).await
                         }
                         (Conn::Tcp(s, _), Proto::Uwsgi) => {
-                            listen::uwsgi::serve_connection(s, limits, &host).await
+                            listen::uwsgi::serve_connection(s, limits, head_timeout, &host).await
                         }
                         (Conn::Unix(s), Proto::Uwsgi) => {
-                            listen::uwsgi::serve_connection(s, limits, &host).await
+                            listen::uwsgi::serve_connection(s, limits, head_timeout, &host).await
                         }
                         (Conn::Tcp(s, _), Proto::FastCgi) => {
                             listen::fastcgi::serve_connection(s, limit_post, &host).await
@@ -137,10 +166,24 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
                             listen::fastcgi::serve_connection(s, limit_post, &host).await
                         }
                         (Conn::Tcp(s, _), Proto::Scgi) => {
-                            listen::scgi::serve_connection(s, buffer_size, limit_post, &host).await
+                            listen::scgi::serve_connection(
+                                s,
+                                buffer_size,
+                                limit_post,
+                                head_timeout,
+                                &host,
+                            )
+                            .await
                         }
                         (Conn::Unix(s), Proto::Scgi) => {
-                            listen::scgi::serve_connection(s, buffer_size, limit_post, &host).await
+                            listen::scgi::serve_connection(
+                                s,
+                                buffer_size,
+                                limit_post,
+                                head_timeout,
+                                &host,
+                            )
+                            .await
                         }
                     }
                 });

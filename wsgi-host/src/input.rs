@@ -34,6 +34,8 @@ struct State {
 #[pyclass(frozen, module = "wsgi_host", name = "Input")]
 pub struct WsgiInput {
     state: Mutex<State>,
+    /// Set when the body could not be read (malformed chunking, the client went away).
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl WsgiInput {
@@ -44,6 +46,7 @@ impl WsgiInput {
             RequestBody::Stream(rx) => Source::Stream(rx),
         };
         Self {
+            failed: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(State {
                 buf: BytesMut::new(),
                 source,
@@ -93,6 +96,8 @@ impl WsgiInput {
             None => Ok(false),
             Some(Err(e)) => {
                 st.source = Source::Done;
+                self.failed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 Err(PyOSError::new_err(e.to_string()))
             }
             Some(Ok(mut bytes)) => {
@@ -110,6 +115,11 @@ impl WsgiInput {
                 Ok(true)
             }
         }
+    }
+
+    /// Whether reading the body failed on the client's side.
+    pub(crate) fn body_failed(&self) -> bool {
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn take(&self, n: usize) -> PyResult<Bytes> {

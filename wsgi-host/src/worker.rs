@@ -232,16 +232,16 @@ fn handle(
             errors.clone(),
         )?;
         let input = Bound::new(py, WsgiInput::new(request.body, content_length))?;
-        environ.set_item(intern!(py, "wsgi.input"), input)?;
+        environ.set_item(intern!(py, "wsgi.input"), &input)?;
         let start_response = Bound::new(
             py,
             StartResponse {
                 shared: shared.clone(),
             },
         )?;
-        Ok((environ, start_response, errors))
+        Ok((environ, start_response, errors, input))
     })();
-    let (environ, start_response, errors) = match objects {
+    let (environ, start_response, errors, input) = match objects {
         Ok(o) => o,
         Err(e) => return fail(py, &shared, id, "building the environ", &e),
     };
@@ -252,6 +252,12 @@ fn handle(
             return fail(py, &shared, id, "the application returned None", &err);
         }
         Ok(it) => it,
+        Err(e) if input.get().body_failed() => {
+            // The app failed because the client's body was broken: the client's fault.
+            tracing::warn!(request_id = id, "the request body could not be read: {e}");
+            lock(&shared).send_error(400, "Bad Request");
+            return;
+        }
         Err(e) => return fail(py, &shared, id, "the application raised", &e),
     };
     stream(py, &iterable, &shared, id);

@@ -88,6 +88,9 @@ pub struct Options {
     /// The largest request body accepted (413 above it).
     #[arg(long, value_name = "BYTES")]
     pub limit_post: Option<u64>,
+    /// Seconds a gateway-protocol peer may take to send a whole request head (slowloris).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub socket_timeout: u64,
     /// Serve a directory at a URL prefix: /url=DIR (several allowed).
     #[arg(long, value_name = "/URL=DIR")]
     pub static_map: Vec<String>,

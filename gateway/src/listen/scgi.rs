@@ -12,8 +12,13 @@ use super::respond::{HeadStyle, write_response};
 
 /// Serves one SCGI connection with the WSGI app. nginx 1.22 repeats `HTTP_COOKIE` for
 /// repeated Cookie lines (the spec forbids duplicates): the values are joined.
-pub async fn serve_connection<S>(io: S, max_header: usize, max_body: Option<u64>, host: &WsgiHost)
-where
+pub async fn serve_connection<S>(
+    io: S,
+    max_header: usize,
+    max_body: Option<u64>,
+    head_timeout: std::time::Duration,
+    host: &WsgiHost,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let start = Instant::now();
@@ -24,19 +29,30 @@ where
         duplicates: Duplicates::Join,
     });
     let mut buf = BytesMut::with_capacity(8192);
-    let head = loop {
-        match decoder.decode_head(&mut buf) {
-            Ok(Some(h)) => break h,
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!("bad SCGI request: {e}");
-                return;
+    let read_head = async {
+        loop {
+            match decoder.decode_head(&mut buf) {
+                Ok(Some(h)) => return Some(h),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!("bad SCGI request: {e}");
+                    return None;
+                }
+            }
+            buf.reserve(8192);
+            match reader.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
             }
         }
-        buf.reserve(8192);
-        match reader.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+    };
+    // A peer that trickles its head (slowloris) is cut off.
+    let head = match tokio::time::timeout(head_timeout, read_head).await {
+        Ok(Some(h)) => h,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::warn!("SCGI peer sent no whole request head in time: closed");
+            return;
         }
     };
     let mut env = head.into_env();

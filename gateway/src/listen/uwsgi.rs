@@ -14,14 +14,28 @@ use wsgi_host::{BodyError, RequestBody, WsgiHost, WsgiRequest};
 use super::respond::{HeadStyle, write_response};
 
 /// Serves one uwsgi connection with the WSGI app.
-pub async fn serve_connection<S>(mut io: S, limits: Limits, host: &WsgiHost)
-where
+pub async fn serve_connection<S>(
+    mut io: S,
+    limits: Limits,
+    head_timeout: std::time::Duration,
+    host: &WsgiHost,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let start = Instant::now();
     let mut buf = BytesMut::with_capacity(8192);
     let mut decoder = RequestDecoder::new(limits);
-    let head = match read_request_head(&mut io, &mut buf, &mut decoder).await {
+    // A peer that trickles its head (slowloris) is cut off, as uWSGI's --socket-timeout.
+    let read = tokio::time::timeout(
+        head_timeout,
+        read_request_head(&mut io, &mut buf, &mut decoder),
+    )
+    .await;
+    let Ok(read) = read else {
+        tracing::warn!("uwsgi peer sent no whole request head in {head_timeout:?}: closed");
+        return;
+    };
+    let head = match read {
         Ok(Some(head)) => head,
         Ok(None) => return,
         Err(e) => {

@@ -504,3 +504,132 @@ fn limit_post_answers_413_before_reading() {
     );
     assert_eq!(r.status, 200);
 }
+
+/// Sends `bytes` on a fresh connection and reads until the server closes (or 5 s).
+fn probe(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    testkit::raw_exchange(addr, bytes, Duration::from_secs(5))
+}
+
+#[test]
+fn bad_input_on_every_listener_disturbs_nothing_else() {
+    let dir = testkit::temp_dir();
+    std::fs::write(dir.path().join("app.py"), ECHO_APP).unwrap();
+    let (h, sh) = addr();
+    let (u, su) = addr();
+    let (f, sf) = addr();
+    let (s, ss) = addr();
+    let gw = gateway(
+        dir.path(),
+        &[
+            "--http",
+            &h,
+            "--socket",
+            &u,
+            "--fastcgi-socket",
+            &f,
+            "--scgi-socket",
+            &s,
+            "--wsgi-file",
+            "app.py",
+            "--buffer-size",
+            "4096",
+            "--socket-timeout",
+            "1",
+            "--threads",
+            "2",
+        ],
+        Some(sh),
+    );
+    wait_ready(&gw);
+    let good_http = |why: &str| {
+        let r = exchange(
+            sh,
+            b"GET /ok HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(r.status, 200, "after {why}: {}", gw.log());
+    };
+
+    // HTTP request smuggling and framing probes: a clean 400 (or close), never a second
+    // request read out of the body.
+    for (why, raw) in [
+        ("CL and TE", &b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n"[..]),
+        ("two CLs", b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde"),
+        ("obs-fold", b"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\r\n b\r\n\r\n"),
+        ("bad chunk size", b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"),
+        ("space before colon", b"GET / HTTP/1.1\r\nHost : t\r\n\r\n"),
+    ] {
+        let out = String::from_utf8_lossy(&probe(sh, raw)).into_owned();
+        assert!(!out.contains("/smuggled"), "{why}: {out}");
+        assert!(out.is_empty() || out.starts_with("HTTP/1.1 400") || out.starts_with("HTTP/1.1 200"), "{why}: {out}");
+        assert_eq!(out.matches("HTTP/1.1").count().min(1), out.matches("HTTP/1.1").count(), "{why}: one answer at most: {out}");
+        good_http(why);
+    }
+    // A head far over the limit: 431 (or a close), not a crash.
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "x".repeat(1 << 20)
+    );
+    let out = String::from_utf8_lossy(&probe(sh, big.as_bytes())).into_owned();
+    assert!(out.is_empty() || out.starts_with("HTTP/1.1 431"), "{out}");
+    good_http("a huge head");
+
+    // uwsgi: truncated packets, lengths past the end, a block over --buffer-size, a bogus
+    // modifier, a peer that never finishes its head: each connection is closed with no
+    // reply, and the next request is served.
+    let mut over = vec![0u8, 0x00, 0x20, 0]; // datasize 8192 > 4096
+    over.extend(vec![b'x'; 8192]);
+    for (why, raw) in [
+        ("truncated", &[0u8, 10, 0, 0, 3, 0][..]),
+        (
+            "key past the end",
+            &[0u8, 6, 0, 0, 40, 0, b'A', b'B', b'C', b'D'],
+        ),
+        ("over --buffer-size", &over),
+        ("unknown modifier", &[42u8, 0, 0, 0]),
+    ] {
+        assert!(probe(su, raw).is_empty(), "uwsgi {why}: no reply");
+    }
+    let slow = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(su).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(&[0u8, 30, 0]).unwrap(); // three bytes of a header, then nothing
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "slowloris: closed");
+    assert!(
+        slow.elapsed() < Duration::from_secs(4),
+        "closed after --socket-timeout"
+    );
+    let mut ok = Vec::new();
+    uwsgi_proto::encode_packet(
+        uwsgi_proto::Modifier1::WSGI,
+        uwsgi_proto::Modifier2::ZERO,
+        &[
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", "/u"),
+            ("SERVER_PROTOCOL", "HTTP/1.1"),
+            ("SERVER_NAME", "x"),
+            ("SERVER_PORT", "80"),
+        ],
+        65535,
+        &mut ok,
+    )
+    .unwrap();
+    let out = String::from_utf8_lossy(&probe(su, &ok)).into_owned();
+    assert!(
+        out.starts_with("HTTP/1.1 200 OK\r\n") && out.contains("GET  /u "),
+        "{out}"
+    );
+
+    // FastCGI: a bogus version closes that connection only.
+    assert!(probe(sf, &[9u8, 1, 0, 1, 0, 8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]).is_empty());
+    // SCGI: a bad netstring, and a header without SCGI=1.
+    assert!(probe(ss, b"12x:garbage").is_empty());
+    assert!(probe(ss, b"20:CONTENT_LENGTH\x000\x00A\x00b\x00,").is_empty());
+    good_http("every protocol's probes");
+    assert!(
+        gw.log().contains("over --buffer-size 4096"),
+        "the log names the limit: {}",
+        gw.log()
+    );
+}

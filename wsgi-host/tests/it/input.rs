@@ -100,5 +100,8 @@ async fn a_broken_upload_is_an_oserror_in_the_app() {
             .unwrap();
     });
     let r = send(&h, &head("POST", "/", &[("Content-Length", "1000")]), rb).await;
-    assert_eq!(r.head.status, 500, "the app's read raised");
+    assert_eq!(
+        r.head.status, 400,
+        "the read raised OSError in the app; the client gets 400"
+    );
 }
