@@ -633,3 +633,71 @@ fn bad_input_on_every_listener_disturbs_nothing_else() {
         gw.log()
     );
 }
+
+#[test]
+fn django_tutorial_command_lines() {
+    let site = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wsgi-host/tests/apps/djsite");
+    let site = site.canonicalize().unwrap();
+    let dir = testkit::temp_dir();
+    let statics = dir.path().join("static");
+    std::fs::create_dir_all(&statics).unwrap();
+    std::fs::write(statics.join("site.css"), "h1 { color: teal }").unwrap();
+    // gateway --http :8000 --module mysite.wsgi (run from the project directory)
+    let (a, sa) = addr();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(["--http", &a, "--module", "mysite.wsgi"])
+        .current_dir(&site);
+    let mut gw = Peer::spawn("gateway", cmd, Some(&dir.path().join("a.log")));
+    gw.wait_tcp(sa, Duration::from_secs(20));
+    wait_ready(&gw);
+    let r = exchange(
+        sa,
+        b"GET /items/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", gw.log());
+    assert!(r.text().contains("<h1>Items ("), "{}", r.text());
+    drop(gw);
+    // gateway --http :9005 --chdir DIR --wsgi-file PROJ/wsgi.py --master --process 4 --threads 2 --static-map /static=DIR
+    let (b, sb) = addr();
+    let st = format!("/static={}", statics.display());
+    let gw = gateway(
+        dir.path(),
+        &[
+            "--http",
+            &b,
+            "--chdir",
+            site.to_str().unwrap(),
+            "--wsgi-file",
+            "mysite/wsgi.py",
+            "--master",
+            "--process",
+            "4",
+            "--threads",
+            "2",
+            "--static-map",
+            &st,
+        ],
+        Some(sb),
+    );
+    wait_ready(&gw);
+    let r = exchange(
+        sb,
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", gw.log());
+    assert!(
+        r.text().starts_with("Django says hello to 127.0.0.1"),
+        "{}",
+        r.text()
+    );
+    let r = exchange(
+        sb,
+        b"GET /static/site.css HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!((r.status, r.text().as_str()), (200, "h1 { color: teal }"));
+    assert!(
+        gw.log().contains("--processes above 1"),
+        "the unimplemented option is said: {}",
+        gw.log()
+    );
+}
