@@ -272,3 +272,47 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         b = &b[size + 2..];
     }
 }
+
+/// A global allocator that counts allocations, for tests that prove a code path does not
+/// allocate. Declare it in the test binary (one test per binary, so no other thread
+/// allocates meanwhile):
+/// `#[global_allocator] static A: testkit::CountingAlloc = testkit::CountingAlloc::new();`
+#[derive(Debug)]
+pub struct CountingAlloc {
+    count: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingAlloc {
+    /// A counter at zero.
+    pub const fn new() -> Self {
+        Self {
+            count: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Allocations so far.
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Default for CountingAlloc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: every method forwards to `System` unchanged with the caller's arguments, so
+// `System`'s guarantees carry over; the counter has no effect on the memory handed out.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: same contract as our caller's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: same contract as our caller's.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}

@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use wsgi_host::{BodyChunk, WsgiResponse};
+use wsgi_host::{BodyChunk, WsgiHost, WsgiRequest, WsgiResponse};
 
 /// How the status goes out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,4 +114,39 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
         }
     }
     (sent, true)
+}
+
+/// Hands `request` to the app and writes its answer in `style` (503 when the host is busy
+/// or closed), closes the write side, and logs an access line tagged `proto`.
+pub async fn answer<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    host: &WsgiHost,
+    request: WsgiRequest,
+    style: HeadStyle<'_>,
+    proto: &str,
+    start: std::time::Instant,
+) {
+    let var = |k: &str| String::from_utf8_lossy(request.env.get(k).unwrap_or(b"-")).into_owned();
+    let (method, uri) = (var("REQUEST_METHOD"), var("REQUEST_URI"));
+    let (status, sent) = match host.call(request).await {
+        Ok(response) => {
+            let status = response.head.status;
+            let (sent, _) = write_response(w, response, style, method == "HEAD").await;
+            (status, sent)
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            let head: &[u8] = match style {
+                HeadStyle::StatusLine(protocol) => protocol,
+                HeadStyle::Cgi => b"Status:",
+            };
+            let _ = w.write_all(head).await;
+            let _ = w
+                .write_all(b" 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\nService Unavailable\n")
+                .await;
+            (503, 0)
+        }
+    };
+    let _ = w.shutdown().await;
+    tracing::info!(target: "access", "{method} {uri} => {status}, {sent} bytes in {} ms ({proto})", start.elapsed().as_millis());
 }

@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use cgi_family::scgi::{Duplicates, ScgiDecoder, ScgiLimits};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use wsgi_host::{BodyError, RequestBody, WsgiHost, WsgiRequest};
 
-use super::respond::{HeadStyle, write_response};
+use super::respond::{HeadStyle, answer};
 
 /// Serves one SCGI connection with the WSGI app. nginx 1.22 repeats `HTTP_COOKIE` for
 /// repeated Cookie lines (the spec forbids duplicates): the values are joined.
@@ -62,8 +62,6 @@ pub async fn serve_connection<S>(
         env.push("PATH_INFO", uri);
     }
     let https = matches!(env.get("HTTPS"), Some(b"on" | b"1"));
-    let method = String::from_utf8_lossy(env.get("REQUEST_METHOD").unwrap_or(b"-")).into_owned();
-    let uri = String::from_utf8_lossy(env.get("REQUEST_URI").unwrap_or(b"-")).into_owned();
     let body = if decoder.body_remaining() > 0 {
         let (tx, rx) = RequestBody::channel(4);
         tokio::spawn(async move {
@@ -94,16 +92,13 @@ pub async fn serve_connection<S>(
     } else {
         RequestBody::Empty
     };
-    let response = match host.call(WsgiRequest { env, body, https }).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("{e}");
-            let _ = writer.write_all(b"Status: 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\nService Unavailable\n").await;
-            return;
-        }
-    };
-    let status = response.head.status;
-    let (sent, _) = write_response(&mut writer, response, HeadStyle::Cgi, method == "HEAD").await;
-    let _ = writer.shutdown().await;
-    tracing::info!(target: "access", "{method} {uri} => {status}, {sent} bytes in {} ms (scgi)", start.elapsed().as_millis());
+    answer(
+        &mut writer,
+        host,
+        WsgiRequest { env, body, https },
+        HeadStyle::Cgi,
+        "scgi",
+        start,
+    )
+    .await;
 }

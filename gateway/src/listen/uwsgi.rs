@@ -11,7 +11,7 @@ use uwsgi_proto::io::{read_body_chunk, read_request_head};
 use uwsgi_proto::{Limits, Modifier1, PacketHeader, RequestDecoder};
 use wsgi_host::{BodyError, RequestBody, WsgiHost, WsgiRequest};
 
-use super::respond::{HeadStyle, write_response};
+use super::respond::{HeadStyle, answer};
 
 /// Serves one uwsgi connection with the WSGI app.
 pub async fn serve_connection<S>(
@@ -68,18 +68,10 @@ pub async fn serve_connection<S>(
     let Some(vars) = head.vars() else { return };
     let env = Env::from_uwsgi_shared(vars, head.raw());
     let https = matches!(env.get("HTTPS"), Some(b"on" | b"1"));
-    let method = String::from_utf8_lossy(env.get("REQUEST_METHOD").unwrap_or(b"-")).into_owned();
-    let uri = String::from_utf8_lossy(
-        env.get("REQUEST_URI")
-            .or(env.get("PATH_INFO"))
-            .unwrap_or(b"-"),
-    )
-    .into_owned();
     let protocol = env
         .get("SERVER_PROTOCOL")
         .filter(|p| p.starts_with(b"HTTP/"))
         .map_or_else(|| b"HTTP/1.0".to_vec(), <[u8]>::to_vec);
-    let head_method_is_head = method == "HEAD";
 
     // The body streams from the connection into wsgi.input.
     let (mut reader, mut writer) = tokio::io::split(io);
@@ -105,22 +97,14 @@ pub async fn serve_connection<S>(
     } else {
         RequestBody::Empty
     };
-    let response = match host.call(WsgiRequest { env, body, https }).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("{e}");
-            let _ = writer.write_all(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\nService Unavailable\n").await;
-            return;
-        }
-    };
-    let status = response.head.status;
-    let (sent, _complete) = write_response(
+    let request = WsgiRequest { env, body, https };
+    answer(
         &mut writer,
-        response,
+        host,
+        request,
         HeadStyle::StatusLine(&protocol),
-        head_method_is_head,
+        "uwsgi",
+        start,
     )
     .await;
-    let _ = writer.shutdown().await;
-    tracing::info!(target: "access", "{method} {uri} => {status}, {sent} bytes in {} ms (uwsgi)", start.elapsed().as_millis());
 }
