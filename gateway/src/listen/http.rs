@@ -52,7 +52,12 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
         let app = self.app.clone();
         Box::pin(async move {
             let start = Instant::now();
-            let (method, target) = (req.method().clone(), req.uri().to_string());
+            let logged = tracing::enabled!(target: "access", tracing::Level::INFO);
+            let (method, target) = if logged {
+                (req.method().clone(), req.uri().to_string())
+            } else {
+                (http::Method::GET, String::new())
+            };
             let response = if let Some(r) = app
                 .statics
                 .serve(req.method(), req.uri().path(), req.headers())
@@ -75,7 +80,9 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
                 let r = tower_service::Service::call(&mut svc, req).await?;
                 r.map(Body::Wsgi)
             };
-            tracing::info!(target: "access", "{method} {target} => {}, in {} ms (http)", response.status().as_u16(), start.elapsed().as_millis());
+            if logged {
+                tracing::info!(target: "access", "{method} {target} => {}, in {} ms (http)", response.status().as_u16(), start.elapsed().as_millis());
+            }
             Ok(response)
         })
     }
