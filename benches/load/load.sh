@@ -20,12 +20,13 @@ GATEWAY=target/release/gateway
 PY=$(command -v python3)
 BIN=$(dirname "$(readlink -f "$(command -v python3)")")
 PYBIN=$("$PY" -c 'import sys,os;print(os.path.dirname(sys.executable))')
-PORT=18400
+PORT=$((20000 + RANDOM % 20000))
 OUT=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
+trap 'kill -KILL $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
 
 start() { # name app-kind
   local name=$1 kind=$2 addr=127.0.0.1:$PORT mod file dir
+  if curl -s -o /dev/null "http://$addr/"; then echo "port $PORT is taken"; return 1; fi
   if [ "$kind" = django ]; then dir=$DJSITE; mod=mysite.wsgi; file=$DJSITE/mysite/wsgi.py
   else dir=$HERE; mod=bench_app; file=$HERE/bench_app.py; fi
   case $name in
@@ -42,6 +43,15 @@ start() { # name app-kind
   echo "$name did not start:"; tail -5 "$OUT/$name.log"; return 1
 }
 
+stop() { # SIGINT stops all four (SIGTERM makes uWSGI reload); SIGKILL what is left
+  local pid=$1 kids
+  kids=$(pgrep -P "$pid" 2>/dev/null || true)
+  kill -INT "$pid" $kids 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" $kids 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
 rss_kb() { # sum of RSS of a process and its children
   local pids
   pids=$(pgrep -P "$1" 2>/dev/null || true)
@@ -50,6 +60,7 @@ rss_kb() { # sum of RSS of a process and its children
 
 run() { # server kind path [lua]
   local name=$1 kind=$2 path=$3 lua=${4:-}
+  PORT=$((PORT + 1))
   start "$name" "$kind" || { echo "$name $kind$path - - -" >>"$OUT/results"; return; }
   local url="http://127.0.0.1:$PORT$path" args=(-t1 -c32 -d"${DUR}s" --latency)
   [ -n "$lua" ] && args+=(-s "$HERE/$lua")
@@ -59,10 +70,8 @@ run() { # server kind path [lua]
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$res")
   p99=$(awk '$1=="99%" {print $2}' <<<"$res")
   rss=$(rss_kb "$SERVER_PID")
-  kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null || true
-  pkill -P "$SERVER_PID" 2>/dev/null || true
+  stop "$SERVER_PID"
   echo "$name $kind$path ${rps:-0} ${p99:-?} $rss" >>"$OUT/results"
-  PORT=$((PORT + 1))
 }
 
 for case in "app /hello" "app /echo post64k.lua" "app /stream" "django /" "django /items/"; do
