@@ -117,7 +117,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
     let app = Arc::new(HttpApp {
-        wsgi: WsgiService::new(host.clone()),
+        wsgi: WsgiService::new(host.clone()).post_buffering(o.post_buffering),
         statics: Arc::new(StaticFiles::new(statics)),
         limit_post: o.limit_post,
     });

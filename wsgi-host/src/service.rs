@@ -31,6 +31,7 @@ pub struct WsgiService {
     host: WsgiHost,
     mount: Bytes,
     server_name: Bytes,
+    post_buffering: u64,
 }
 
 impl WsgiService {
@@ -40,7 +41,17 @@ impl WsgiService {
             host,
             mount: Bytes::new(),
             server_name: Bytes::from_static(b"localhost"),
+            post_buffering: DEFAULT_POST_BUFFERING,
         }
+    }
+
+    /// Bodies with a Content-Length up to `bytes` are read whole on the async side before
+    /// the app is called (uWSGI's `--post-buffering`, nginx's request buffering): a slow
+    /// client then never holds a Python thread, and the app reads them from memory.
+    /// Larger or chunked bodies stream. Default 1 MiB; 0 streams everything.
+    pub fn post_buffering(mut self, bytes: u64) -> Self {
+        self.post_buffering = bytes;
+        self
     }
 
     /// Mounts the app at `prefix` (SCRIPT_NAME = prefix, PATH_INFO = the rest).
@@ -55,6 +66,9 @@ impl WsgiService {
         self
     }
 }
+
+/// The default [`WsgiService::post_buffering`].
+pub const DEFAULT_POST_BUFFERING: u64 = 1 << 20;
 
 fn version(v: http::Version) -> &'static str {
     match v {
@@ -118,12 +132,31 @@ where
         }
         let env = builder.build(&head);
         let host = self.host.clone();
+        let post_buffering = self.post_buffering;
         Box::pin(async move {
             let Ok(env) = env else {
                 return Ok(plain(400, "Bad Request\n"));
             };
+            let known = body
+                .size_hint()
+                .exact()
+                .filter(|&n| n > 0 && n <= post_buffering);
             let body = if body.is_end_stream() {
                 RequestBody::Empty
+            } else if let Some(n) = known {
+                let mut all = bytes::BytesMut::with_capacity(n as usize);
+                loop {
+                    match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                        None => break,
+                        Some(Ok(f)) => {
+                            if let Ok(d) = f.into_data() {
+                                all.extend_from_slice(&d);
+                            }
+                        }
+                        Some(Err(_)) => return Ok(plain(400, "Bad Request\n")),
+                    }
+                }
+                RequestBody::Full(all.freeze())
             } else {
                 let (tx, rx) = RequestBody::channel(4);
                 tokio::spawn(async move {

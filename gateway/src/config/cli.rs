@@ -88,6 +88,10 @@ pub struct Options {
     /// The largest request body accepted (413 above it).
     #[arg(long, value_name = "BYTES")]
     pub limit_post: Option<u64>,
+    /// HTTP bodies with a Content-Length up to this size are read whole before the app is
+    /// called, so slow uploads never hold a Python thread (uWSGI's default is 0).
+    #[arg(long, value_name = "BYTES", default_value_t = wsgi_host::DEFAULT_POST_BUFFERING)]
+    pub post_buffering: u64,
     /// Seconds a gateway-protocol peer may take to send a whole request head (slowloris).
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub socket_timeout: u64,

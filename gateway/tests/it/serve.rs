@@ -701,3 +701,39 @@ fn django_tutorial_command_lines() {
         gw.log()
     );
 }
+
+#[test]
+fn a_slow_upload_does_not_hold_the_only_python_thread() {
+    let dir = testkit::temp_dir();
+    std::fs::write(dir.path().join("app.py"), ECHO_APP).unwrap();
+    let (a, sa) = addr();
+    let gw = gateway(
+        dir.path(),
+        &["--http", &a, "--wsgi-file", "app.py", "--threads", "1"],
+        Some(sa),
+    );
+    wait_ready(&gw);
+    use std::io::Write;
+    // A client announces 100 bytes, sends 10, and stalls.
+    let mut slow = std::net::TcpStream::connect(sa).unwrap();
+    slow.write_all(b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let start = std::time::Instant::now();
+    let r = exchange(
+        sa,
+        b"GET /fast HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "served while the upload stalls"
+    );
+    // The slow client finishes: its request is answered with the whole body.
+    slow.write_all(&[b'x'; 90]).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = std::io::Read::read(&mut slow, &mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.contains("POST  /slow  cookie=- len=100 "), "{text}");
+}
