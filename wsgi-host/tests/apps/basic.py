@@ -5,7 +5,7 @@ import time
 import threading
 from wsgiref.validate import validator
 
-CLOSED = {"count": 0}
+CLOSED = {"count": 0, "yielded": 0}
 
 
 def _plain(start_response, status="200 OK", extra=()):
@@ -159,6 +159,7 @@ class Closing:
         for i, b in enumerate(self.blocks):
             if i == self.fail_at:
                 raise RuntimeError("iteration failed at %d" % i)
+            CLOSED["yielded"] += 1
             yield b
 
     def close(self):
@@ -216,9 +217,15 @@ def misbehave(environ, start_response):
     if what == "tuple-headers":
         start_response("200 OK", (("Content-Type", "text/plain"),))
         return [b"x"]
+    if what == "long":
+        _plain(start_response)
+        return Closing([b"x" * 1000] * 10000)
     if what == "closed":
         _plain(start_response)
         return [str(CLOSED["count"]).encode()]
+    if what == "yielded":
+        _plain(start_response)
+        return [str(CLOSED["yielded"]).encode()]
     if what == "threads":
         _plain(start_response)
         return [threading.current_thread().name.encode()]

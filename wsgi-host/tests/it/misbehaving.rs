@@ -98,3 +98,27 @@ async fn a_sleeping_request_does_not_block_the_other_threads() {
         "{names:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_going_away_stops_the_iteration_and_close_runs() {
+    let h = host("misbehave", 1);
+    let before: u32 = get(&h, "/closed").await.text().parse().unwrap();
+    let env = cgi_family::EnvBuilder::new(cgi_family::Flavor::Wsgi)
+        .build(&crate::support::head("GET", "/long", &[]))
+        .unwrap();
+    let mut r = h.call(wsgi_host::WsgiRequest::new(env)).await.unwrap();
+    assert!(r.body.recv().await.is_some(), "the first block arrives");
+    drop(r); // the client went away after one of 10,000 blocks
+    let start = Instant::now();
+    loop {
+        let now: u32 = get(&h, "/closed").await.text().parse().unwrap();
+        if now == before + 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "close() was not called"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
