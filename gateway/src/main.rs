@@ -1,19 +1,45 @@
 //! `gateway`: serve a WSGI app with the uWSGI options and ini files you already have.
 
-fn main() -> std::process::ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
     let (options, warnings) = match gateway::config::parse(std::env::args()) {
         Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("{e}");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
     };
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if options.disable_logging {
+        // uWSGI's --disable-logging: no request log (errors are still logged).
+        match "access=off".parse() {
+            Ok(d) => filter = filter.add_directive(d),
+            Err(e) => eprintln!("{e}"),
+        }
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    // uWSGI's --logto: the log goes to a file (appended) instead of stderr.
+    match &options.logto {
+        Some(path) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(file) => builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init(),
+            Err(e) => {
+                eprintln!("--logto {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => builder.init(),
+    }
     for w in warnings {
         tracing::warn!("{w}");
     }
@@ -24,14 +50,14 @@ fn main() -> std::process::ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(gateway::run(options)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

@@ -55,7 +55,6 @@ fn not_yet(o: &Options) -> Vec<&'static str> {
     say(o.harakiri.is_some(), "--harakiri");
     say(o.reload_on_rss.is_some(), "--reload-on-rss");
     say(o.lazy_apps, "--lazy-apps");
-    say(o.logto.is_some(), "--logto");
     say(o.daemonize.is_some(), "--daemonize");
     say(o.uid.is_some() || o.gid.is_some(), "--uid/--gid");
     say(o.py_autoreload.is_some_and(|n| n > 0), "--py-autoreload");

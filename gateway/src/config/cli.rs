@@ -128,9 +128,6 @@ pub struct Options {
     /// Read options from the [uwsgi] section of an ini file (several allowed).
     #[arg(long, value_name = "FILE")]
     pub ini: Vec<PathBuf>,
-    /// Access log format: uwsgi or combined.
-    #[arg(long, value_name = "FORMAT", default_value = "uwsgi")]
-    pub log_format: String,
     /// Disable the access log.
     #[arg(long)]
     pub disable_logging: bool,

@@ -737,3 +737,49 @@ fn a_slow_upload_does_not_hold_the_only_python_thread() {
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(text.contains("POST  /slow  cookie=- len=100 "), "{text}");
 }
+
+#[test]
+fn logto_and_disable_logging() {
+    let dir = testkit::temp_dir();
+    std::fs::write(dir.path().join("app.py"), ECHO_APP).unwrap();
+    for (disable, expect_access) in [(false, true), (true, false)] {
+        let log = dir.path().join(format!("log-{disable}.txt"));
+        let (a, sa) = addr();
+        let mut args = vec![
+            "--http",
+            &a,
+            "--wsgi-file",
+            "app.py",
+            "--logto",
+            log.to_str().unwrap(),
+        ];
+        if disable {
+            args.push("--disable-logging");
+        }
+        let gw = gateway(dir.path(), &args, Some(sa));
+        let start = std::time::Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("WSGI app ready")
+        {
+            assert!(start.elapsed() < Duration::from_secs(20), "{}", gw.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let r = exchange(
+            sa,
+            b"GET /logged-path HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(r.status, 200);
+        std::thread::sleep(Duration::from_millis(200));
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            text.contains("GET /logged-path => 200"),
+            expect_access,
+            "disable={disable}: {text}"
+        );
+        assert!(
+            !text.contains('\u{1b}'),
+            "no terminal colours in a log file"
+        );
+    }
+}
