@@ -141,7 +141,7 @@ pub(crate) fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
 }
 
 /// The names nearly every request carries: their Python strings are interned once per
-/// thread and looked up by hash instead of being built per request.
+/// thread and found by length and bytes instead of being built per request.
 const COMMON_KEYS: [&str; 49] = [
     "REQUEST_METHOD",
     "SCRIPT_NAME",
