@@ -120,8 +120,12 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         statics: Arc::new(StaticFiles::new(statics)),
         limit_post: o.limit_post,
     });
-    let (buffer_size, limit_post) = (o.buffer_size, o.limit_post);
-    let head_timeout = std::time::Duration::from_secs(o.socket_timeout.max(1));
+    let settings = Settings {
+        limits,
+        buffer_size: o.buffer_size,
+        limit_post: o.limit_post,
+        head_timeout: std::time::Duration::from_secs(o.socket_timeout.max(1)),
+    };
     let mut unix_paths = Vec::new();
     for (l, proto) in listeners {
         let (host, app) = (host.clone(), app.clone());
@@ -144,46 +148,12 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
                 };
                 let (host, app) = (host.clone(), app.clone());
                 tokio::spawn(async move {
-                    match (conn, proto) {
-                        (Conn::Tcp(s, peer), Proto::Http) => {
+                    match conn {
+                        Conn::Tcp(s, peer) => {
                             let _ = s.set_nodelay(true);
-                            listen::http::serve_connection(s, Some(peer), &app).await;
+                            serve(s, Some(peer), proto, &settings, &host, &app).await;
                         }
-                        (Conn::Unix(s), Proto::Http) => {
-                            listen::http::serve_connection(s, None, &app).await
-                        }
-                        (Conn::Tcp(s, _), Proto::Uwsgi) => {
-                            listen::uwsgi::serve_connection(s, limits, head_timeout, &host).await
-                        }
-                        (Conn::Unix(s), Proto::Uwsgi) => {
-                            listen::uwsgi::serve_connection(s, limits, head_timeout, &host).await
-                        }
-                        (Conn::Tcp(s, _), Proto::FastCgi) => {
-                            listen::fastcgi::serve_connection(s, limit_post, &host).await
-                        }
-                        (Conn::Unix(s), Proto::FastCgi) => {
-                            listen::fastcgi::serve_connection(s, limit_post, &host).await
-                        }
-                        (Conn::Tcp(s, _), Proto::Scgi) => {
-                            listen::scgi::serve_connection(
-                                s,
-                                buffer_size,
-                                limit_post,
-                                head_timeout,
-                                &host,
-                            )
-                            .await
-                        }
-                        (Conn::Unix(s), Proto::Scgi) => {
-                            listen::scgi::serve_connection(
-                                s,
-                                buffer_size,
-                                limit_post,
-                                head_timeout,
-                                &host,
-                            )
-                            .await
-                        }
+                        Conn::Unix(s) => serve(s, None, proto, &settings, &host, &app).await,
                     }
                 });
             }
@@ -208,6 +178,37 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What every connection of a listener is served with.
+#[derive(Clone, Copy)]
+struct Settings {
+    limits: Limits,
+    buffer_size: usize,
+    limit_post: Option<u64>,
+    head_timeout: std::time::Duration,
+}
+
+/// Serves one accepted connection (TCP or unix) with its listener's protocol.
+async fn serve<S>(
+    s: S,
+    peer: Option<std::net::SocketAddr>,
+    proto: Proto,
+    c: &Settings,
+    host: &WsgiHost,
+    app: &HttpApp,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match proto {
+        Proto::Http => listen::http::serve_connection(s, peer, app).await,
+        Proto::Uwsgi => listen::uwsgi::serve_connection(s, c.limits, c.head_timeout, host).await,
+        Proto::FastCgi => listen::fastcgi::serve_connection(s, c.limit_post, host).await,
+        Proto::Scgi => {
+            listen::scgi::serve_connection(s, c.buffer_size, c.limit_post, c.head_timeout, host)
+                .await
+        }
+    }
 }
 
 enum Conn {

@@ -35,7 +35,6 @@ pub(crate) struct Responder {
     pub(crate) content_length: Option<u64>,
     head_tx: Option<HeadTx>,
     body_tx: Option<BodyTx>,
-    pub(crate) client_gone: bool,
     capacity: usize,
 }
 
@@ -54,7 +53,6 @@ impl Responder {
             content_length: None,
             head_tx: Some(head_tx),
             body_tx: None,
-            client_gone: false,
         }))
     }
 
@@ -95,8 +93,7 @@ impl Responder {
                 rx: Some(brx),
             };
             if tx.send((head, body)).is_err() {
-                self.client_gone = true;
-                return Ok(None);
+                return Ok(None); // the client went away
             }
             self.body_tx = Some(btx);
         }
@@ -115,9 +112,8 @@ impl Responder {
                 first: block.map(Ok),
                 rx: None,
             };
-            if tx.send((head, body)).is_err() {
-                self.client_gone = true;
-            }
+            // An error here means the client went away: nothing more to do.
+            let _ = tx.send((head, body));
         }
         Ok(())
     }
@@ -342,7 +338,6 @@ impl StartResponse {
             &tx,
             BodyChunk::Data(Bytes::copy_from_slice(data.as_bytes())),
         ) {
-            lock(&self.shared).client_gone = true;
             return Err(PyRuntimeError::new_err("the client went away"));
         }
         Ok(())

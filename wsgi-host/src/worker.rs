@@ -1,6 +1,5 @@
 //! The pool of Python threads and the life of one request inside it.
 
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -356,7 +355,6 @@ fn stream(py: Python<'_>, iterable: &Bound<'_, PyAny>, shared: &Shared, id: u64)
             &tx,
             BodyChunk::Data(bytes::Bytes::copy_from_slice(data)),
         ) {
-            lock(shared).client_gone = true;
             return; // the client went away: stop iterating (close() still runs)
         }
     }
@@ -385,7 +383,6 @@ fn send_file(py: Python<'_>, fw: &FileWrapper, shared: &Shared) -> bool {
     if !meta.is_file() {
         return false;
     }
-    let _ = file.as_raw_fd();
     let mut len = meta.len().saturating_sub(offset);
     let declared = lock(shared).content_length;
     if let Some(cl) = declared {
@@ -394,9 +391,8 @@ fn send_file(py: Python<'_>, fw: &FileWrapper, shared: &Shared) -> bool {
     let tx = lock(shared).send_head(Some(len));
     match tx {
         Ok(Some(tx)) => {
-            if len > 0 && !send_chunk(py, &tx, BodyChunk::File { file, offset, len }) {
-                lock(shared).client_gone = true;
-            }
+            // A client that went away needs nothing more; close() still runs.
+            let _ = len > 0 && send_chunk(py, &tx, BodyChunk::File { file, offset, len });
             true
         }
         Ok(None) => true,
