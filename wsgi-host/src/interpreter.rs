@@ -82,6 +82,15 @@ impl AppSpec {
         self
     }
 
+    /// Starts the interpreter (once per process) and loads the application: the callable,
+    /// for [`WsgiHost::from_callable`](crate::WsgiHost::from_callable). No thread is
+    /// started, so a server can load once and fork workers that share the loaded pages
+    /// (uWSGI's default; `lazy-apps` loads in each worker instead).
+    pub fn load(&self) -> Result<Py<PyAny>, LoadError> {
+        ensure_initialized();
+        Python::attach(|py| load(py, self))
+    }
+
     /// The callable's name: `module:callable`, else `callable`, else `application`.
     pub fn callable_name(&self) -> &str {
         if let Some((_, c)) = self.module.as_deref().and_then(|m| m.split_once(':')) {

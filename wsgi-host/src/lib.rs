@@ -40,6 +40,7 @@ pub use interpreter::AppSpec;
 pub use respond::{ErrorStream, FileWrapper, StartResponse};
 pub use service::{DEFAULT_POST_BUFFERING, ResponseBody, WsgiService};
 pub use types::{
-    BodyChunk, BodyStream, HostOptions, RequestBody, ResponseHead, WsgiRequest, WsgiResponse,
+    BodyChunk, BodyStream, HostOptions, HostStats, RequestBody, ResponseHead, WsgiRequest,
+    WsgiResponse,
 };
 pub use worker::WsgiHost;

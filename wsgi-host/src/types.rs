@@ -173,6 +173,22 @@ pub struct HostOptions {
     /// Peers whose `X-Forwarded-Proto` is believed for `wsgi.url_scheme` (uWSGI believes
     /// any client).
     pub trusted_proxies: Vec<IpAddr>,
+    /// uWSGI's `harakiri`: a request running longer than this is answered `504 Gateway
+    /// Timeout` from the Rust side (or its response is cut if the headers went out), the
+    /// Python stack of its thread is logged, and [`HostStats::harakiri`] counts it, so the
+    /// process can be retired. Works with any number of threads.
+    pub harakiri: Option<std::time::Duration>,
+}
+
+/// What a host has done so far ([`WsgiHost::stats`](crate::WsgiHost::stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostStats {
+    /// Requests the application finished (successfully or not).
+    pub requests: u64,
+    /// Python threads running a request now.
+    pub busy: usize,
+    /// Requests stopped by harakiri (their threads may still be stuck in Python).
+    pub harakiri: u64,
 }
 
 impl Default for HostOptions {
@@ -182,6 +198,7 @@ impl Default for HostOptions {
             multiprocess: false,
             queue: 1024,
             trusted_proxies: Vec::new(),
+            harakiri: None,
         }
     }
 }

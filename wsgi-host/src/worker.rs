@@ -1,7 +1,8 @@
 //! The pool of Python threads and the life of one request inside it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -10,9 +11,11 @@ use tokio::sync::oneshot;
 
 use crate::environ::{self, Statics};
 use crate::input::WsgiInput;
-use crate::interpreter::{self, traceback};
+use crate::interpreter::traceback;
 use crate::respond::{FileWrapper, HeadTx, Responder, Shared, StartResponse, lock, send_chunk};
-use crate::{AppSpec, BodyChunk, HostError, HostOptions, LoadError, WsgiRequest, WsgiResponse};
+use crate::{
+    AppSpec, BodyChunk, HostError, HostOptions, HostStats, LoadError, WsgiRequest, WsgiResponse,
+};
 
 struct Job {
     request: WsgiRequest,
@@ -50,6 +53,100 @@ struct Inner {
     tx: crossbeam_channel::Sender<Job>,
     next_id: AtomicU64,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    watch: Arc<Watch>,
+}
+
+/// What the Python threads are doing: for [`WsgiHost::stats`] and harakiri.
+struct Watch {
+    requests: AtomicU64,
+    harakiri: AtomicU64,
+    threads: Vec<ThreadSlot>,
+}
+
+#[derive(Default)]
+struct ThreadSlot {
+    /// Python's `threading.get_ident()` of the thread (0 until it has started).
+    ident: AtomicU64,
+    busy: Mutex<Option<Busy>>,
+}
+
+/// The request a thread is running.
+struct Busy {
+    id: u64,
+    since: Instant,
+    shared: Shared,
+    stopped: bool,
+}
+
+fn lock_slot(slot: &ThreadSlot) -> std::sync::MutexGuard<'_, Option<Busy>> {
+    slot.busy
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Checks the running requests against the harakiri limit until the host is dropped.
+fn watchdog(watch: &Weak<Watch>, limit: Duration) {
+    let tick = (limit / 20).clamp(Duration::from_millis(10), Duration::from_millis(100));
+    loop {
+        std::thread::sleep(tick);
+        let Some(w) = watch.upgrade() else { return };
+        for (n, slot) in w.threads.iter().enumerate() {
+            let mut busy = lock_slot(slot);
+            let Some(b) = busy
+                .as_mut()
+                .filter(|b| !b.stopped && b.since.elapsed() >= limit)
+            else {
+                continue;
+            };
+            b.stopped = true;
+            let id = b.id;
+            {
+                let mut r = lock(&b.shared);
+                if r.sent() {
+                    r.finish(Some(format!(
+                        "harakiri: the request ran longer than {limit:?}"
+                    )));
+                } else {
+                    r.send_error(504, "Gateway Timeout");
+                }
+            }
+            drop(busy);
+            w.harakiri.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                request_id = id,
+                "HARAKIRI: request {id} on thread wsgi-{n} ran longer than {limit:?}: stopped (504 Gateway Timeout unless the headers had gone out)"
+            );
+            // The stack is read on another thread: if the stuck code holds the GIL, this
+            // waits, and the watchdog goes on watching the other threads.
+            let ident = slot.ident.load(Ordering::Relaxed);
+            let _ = std::thread::Builder::new()
+                .name("harakiri-stack".into())
+                .spawn(move || {
+                    let stack = Python::attach(|py| python_stack(py, ident));
+                    tracing::error!(
+                        request_id = id,
+                        "HARAKIRI: Python stack of thread wsgi-{n} (request {id}):\n{stack}"
+                    );
+                });
+        }
+    }
+}
+
+/// The formatted Python stack of the thread whose `threading.get_ident()` is `ident`.
+fn python_stack(py: Python<'_>, ident: u64) -> String {
+    let stack = (|| -> PyResult<String> {
+        let frames = py.import("sys")?.call_method0("_current_frames")?;
+        let frame = frames.call_method1("get", (ident,))?;
+        if frame.is_none() {
+            return Ok("(the thread has no Python frame)".into());
+        }
+        let lines: Vec<String> = py
+            .import("traceback")?
+            .call_method1("format_stack", (frame,))?
+            .extract()?;
+        Ok(lines.concat())
+    })();
+    stack.unwrap_or_else(|e| format!("(cannot read the stack: {e})"))
 }
 
 impl std::fmt::Debug for Inner {
@@ -65,9 +162,7 @@ impl WsgiHost {
     /// (a failing import is an error here, with its traceback, not on the first request),
     /// and starts `opts.threads` Python threads.
     pub fn start(spec: &AppSpec, opts: HostOptions) -> Result<Self, LoadError> {
-        interpreter::ensure_initialized();
-        let app = Python::attach(|py| interpreter::load(py, spec))?;
-        Ok(Self::from_callable(app, opts))
+        Ok(Self::from_callable(spec.load()?, opts))
     }
 
     /// Serves an application object the caller already has (the interpreter must be
@@ -76,15 +171,29 @@ impl WsgiHost {
         let (tx, rx) = crossbeam_channel::bounded::<Job>(opts.queue.max(1));
         let opts = Arc::new(opts);
         let app = Arc::new(app);
+        let watch = Arc::new(Watch {
+            requests: AtomicU64::new(0),
+            harakiri: AtomicU64::new(0),
+            threads: (0..opts.threads.max(1))
+                .map(|_| ThreadSlot::default())
+                .collect(),
+        });
         let threads = (0..opts.threads.max(1))
             .map(|n| {
-                let (rx, opts, app) = (rx.clone(), opts.clone(), app.clone());
+                let (rx, opts, app, watch) = (rx.clone(), opts.clone(), app.clone(), watch.clone());
                 std::thread::Builder::new()
                     .name(format!("wsgi-{n}"))
-                    .spawn(move || worker(&app, &rx, &opts))
+                    .spawn(move || worker(&app, &rx, &opts, &watch, n))
                     .expect("spawn a WSGI thread")
             })
             .collect();
+        if let Some(limit) = opts.harakiri {
+            let weak = Arc::downgrade(&watch);
+            std::thread::Builder::new()
+                .name("harakiri".into())
+                .spawn(move || watchdog(&weak, limit))
+                .expect("spawn the harakiri watchdog");
+        }
         Self {
             inner: Arc::new(Inner {
                 app,
@@ -93,6 +202,7 @@ impl WsgiHost {
                 tx,
                 next_id: AtomicU64::new(1),
                 threads: Mutex::new(threads),
+                watch,
             }),
         }
     }
@@ -133,6 +243,7 @@ impl WsgiHost {
                     &self.inner.opts,
                     Job { request, id, reply },
                     1 << 20,
+                    None,
                 ),
                 Err(e) => tracing::error!("{}", traceback(py, &e)),
             }
@@ -152,10 +263,32 @@ impl WsgiHost {
     pub fn threads(&self) -> usize {
         self.inner.threads.lock().map_or(0, |t| t.len())
     }
+
+    /// Requests served, threads busy now, requests stopped by harakiri.
+    pub fn stats(&self) -> HostStats {
+        let w = &self.inner.watch;
+        HostStats {
+            requests: w.requests.load(Ordering::Relaxed),
+            busy: w.threads.iter().filter(|t| lock_slot(t).is_some()).count(),
+            harakiri: w.harakiri.load(Ordering::Relaxed),
+        }
+    }
 }
 
-fn worker(app: &Py<PyAny>, rx: &crossbeam_channel::Receiver<Job>, opts: &HostOptions) {
+fn worker(
+    app: &Py<PyAny>,
+    rx: &crossbeam_channel::Receiver<Job>,
+    opts: &HostOptions,
+    watch: &Watch,
+    n: usize,
+) {
     Python::attach(|py| {
+        let slot = &watch.threads[n];
+        let ident = py
+            .import("threading")
+            .and_then(|t| t.call_method0("get_ident"))
+            .and_then(|i| i.extract::<u64>());
+        slot.ident.store(ident.unwrap_or(0), Ordering::Relaxed);
         let statics = match Statics::new(py) {
             Ok(s) => s,
             Err(e) => {
@@ -166,7 +299,9 @@ fn worker(app: &Py<PyAny>, rx: &crossbeam_channel::Receiver<Job>, opts: &HostOpt
         let app = app.bind(py);
         // Wait for work with the GIL released.
         while let Ok(job) = py.detach(|| rx.recv()) {
-            handle(py, app, &statics, opts, job, 4);
+            handle(py, app, &statics, opts, job, 4, Some(slot));
+            *lock_slot(slot) = None;
+            watch.requests.fetch_add(1, Ordering::Relaxed);
         }
     });
 }
@@ -215,9 +350,18 @@ fn handle(
     opts: &HostOptions,
     job: Job,
     capacity: usize,
+    slot: Option<&ThreadSlot>,
 ) {
     let Job { request, id, reply } = job;
     let shared = Responder::new(reply, capacity);
+    if let Some(slot) = slot {
+        *lock_slot(slot) = Some(Busy {
+            id,
+            since: Instant::now(),
+            shared: shared.clone(),
+            stopped: false,
+        });
+    }
     let objects = (|| -> PyResult<_> {
         let errors = statics.errors(py, id)?;
         let template = statics.template(py, opts)?;

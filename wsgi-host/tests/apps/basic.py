@@ -202,6 +202,21 @@ def misbehave(environ, start_response):
         time.sleep(float(environ["QUERY_STRING"] or "1"))
         _plain(start_response)
         return [b"slept"]
+    if what == "stream-sleep":
+        _plain(start_response)
+
+        def gen():
+            yield b"first"
+            time.sleep(float(environ["QUERY_STRING"] or "1"))
+            yield b"late"
+
+        return gen()
+    if what == "spin":
+        end = time.monotonic() + float(environ["QUERY_STRING"] or "1")
+        while time.monotonic() < end:
+            pass
+        _plain(start_response)
+        return [b"spun"]
     if what == "bad-status":
         start_response("OK", [("Content-Type", "text/plain")])
         return [b"x"]

@@ -122,3 +122,50 @@ async fn a_client_going_away_stops_the_iteration_and_close_runs() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harakiri_answers_504_from_rust_while_the_other_threads_serve() {
+    let spec = wsgi_host::AppSpec::wsgi_file(crate::support::apps_dir().join("basic.py"))
+        .callable("misbehave");
+    let h = wsgi_host::WsgiHost::start(
+        &spec,
+        wsgi_host::HostOptions {
+            threads: 3,
+            harakiri: Some(Duration::from_millis(800)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // One thread sleeps (GIL released), one spins in Python (GIL held but switched).
+    let started = Instant::now();
+    let sleeper = {
+        let h = h.clone();
+        tokio::spawn(async move { (get(&h, "/sleep?30").await, started.elapsed()) })
+    };
+    let spinner = {
+        let h = h.clone();
+        tokio::spawn(async move { (get(&h, "/spin?3").await, started.elapsed()) })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.stats().busy, 2);
+    // The third thread serves short requests meanwhile.
+    for _ in 0..3 {
+        assert_eq!(get(&h, "/fine").await.text(), "ok");
+    }
+    for (task, what) in [(sleeper, "sleep"), (spinner, "spin")] {
+        let (r, took) = task.await.unwrap();
+        assert_eq!(r.head.status, 504, "{what}: {}", r.text());
+        assert!(
+            took >= Duration::from_millis(800) && took < Duration::from_millis(2500),
+            "{what}: answered after {took:?}"
+        );
+    }
+    let stats = h.stats();
+    assert_eq!(stats.harakiri, 2);
+    assert!(stats.requests >= 3, "{stats:?}");
+    // After the headers went out, the response is cut instead.
+    let r = get(&h, "/stream-sleep?5").await;
+    assert_eq!((r.head.status, r.text().as_str()), (200, "first"));
+    assert!(r.aborted.is_some(), "cut short by harakiri");
+    assert_eq!(h.stats().harakiri, 3);
+}
