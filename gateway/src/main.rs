@@ -10,6 +10,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before any thread exists: --daemonize forks.
+    if let Some(log) = &options.daemonize {
+        if let Err(e) = gateway::process::daemonize(log) {
+            eprintln!("--daemonize {}: {e}", log.display());
+            return ExitCode::FAILURE;
+        }
+    }
     let mut filter = tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if options.disable_logging {
@@ -42,6 +49,15 @@ fn main() -> ExitCode {
     }
     for w in warnings {
         tracing::warn!("{w}");
+    }
+    if gateway::process::wants_master(&options) {
+        return match gateway::process::run_master(&options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,8 +1,13 @@
-//! Putting the pieces together for the binary.
+//! Putting the pieces together for the binary: what every process serves connections
+//! with (a [`Stack`]), and the single-process server.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uwsgi_proto::Limits;
 use wsgi_host::{AppSpec, HostOptions, WsgiHost, WsgiService};
 
@@ -11,15 +16,16 @@ use crate::handler::{StaticFiles, StaticMap};
 use crate::listen::http::HttpApp;
 use crate::listen::{self, ListenAddr, Listener};
 
+/// The protocol a listener speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Proto {
+pub(crate) enum Proto {
     Http,
     Uwsgi,
     FastCgi,
     Scgi,
 }
 
-fn app_spec(o: &Options) -> anyhow::Result<AppSpec> {
+pub(crate) fn app_spec(o: &Options) -> anyhow::Result<AppSpec> {
     let mut spec = AppSpec {
         wsgi_file: o.wsgi_file.clone(),
         module: o.module.clone(),
@@ -38,35 +44,8 @@ fn app_spec(o: &Options) -> anyhow::Result<AppSpec> {
     Ok(spec)
 }
 
-/// Options this version parses but does not act on yet: said at start-up, never silently
-/// ignored.
-fn not_yet(o: &Options) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    let mut say = |on: bool, name: &'static str| {
-        if on {
-            v.push(name);
-        }
-    };
-    say(
-        o.processes.is_some_and(|p| p > 1),
-        "--processes above 1 (one process serves, with --threads threads)",
-    );
-    say(o.max_requests.is_some(), "--max-requests");
-    say(o.harakiri.is_some(), "--harakiri");
-    say(o.reload_on_rss.is_some(), "--reload-on-rss");
-    say(o.lazy_apps, "--lazy-apps");
-    say(o.daemonize.is_some(), "--daemonize");
-    say(o.uid.is_some() || o.gid.is_some(), "--uid/--gid");
-    say(o.py_autoreload.is_some_and(|n| n > 0), "--py-autoreload");
-    say(o.stats.is_some(), "--stats");
-    v
-}
-
-/// Loads the app, binds every listener, and serves until SIGINT/SIGTERM.
-pub async fn run(o: Options) -> anyhow::Result<()> {
-    for name in not_yet(&o) {
-        tracing::warn!("{name} is accepted but not implemented by this version yet");
-    }
+/// Every listen address of the options, with its protocol.
+pub(crate) fn listen_addrs(o: &Options) -> anyhow::Result<Vec<(ListenAddr, Proto)>> {
     let mut addrs = Vec::new();
     for (list, proto) in [
         (&o.http, Proto::Http),
@@ -84,6 +63,206 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             "nothing to serve: give --http, --http-socket, --socket, --fastcgi-socket or --scgi-socket"
         );
     }
+    Ok(addrs)
+}
+
+pub(crate) fn host_options(o: &Options) -> HostOptions {
+    HostOptions {
+        threads: o.threads.unwrap_or(1).max(1),
+        multiprocess: o.processes.unwrap_or(1) > 1,
+        harakiri: o.harakiri.filter(|&s| s > 0).map(Duration::from_secs),
+        ..HostOptions::default()
+    }
+}
+
+/// Options this version parses but does not act on yet: said at start-up, never silently
+/// ignored.
+fn not_yet(o: &Options) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if o.py_autoreload.is_some_and(|n| n > 0) && !crate::process::wants_master(o) {
+        v.push("--py-autoreload");
+    }
+    v
+}
+
+/// Drops root privileges after binding, as uWSGI's `--uid`/`--gid`.
+pub(crate) fn drop_privileges(o: &Options) -> anyhow::Result<()> {
+    use nix::unistd::{Gid, Group, Uid, User, setgid, setgroups, setuid};
+    if let Some(g) = &o.gid {
+        let gid = match g.parse::<u32>() {
+            Ok(n) => Gid::from_raw(n),
+            Err(_) => {
+                Group::from_name(g)?
+                    .with_context(|| format!("--gid: no group {g:?}"))?
+                    .gid
+            }
+        };
+        setgroups(&[gid]).context("--gid: setgroups")?;
+        setgid(gid).context("--gid: setgid")?;
+        tracing::info!("now running as group {g} ({gid})");
+    }
+    if let Some(u) = &o.uid {
+        let uid = match u.parse::<u32>() {
+            Ok(n) => Uid::from_raw(n),
+            Err(_) => {
+                User::from_name(u)?
+                    .with_context(|| format!("--uid: no user {u:?}"))?
+                    .uid
+            }
+        };
+        setuid(uid).context("--uid: setuid")?;
+        tracing::info!("now running as user {u} ({uid})");
+    }
+    Ok(())
+}
+
+/// What every connection of a listener is served with.
+#[derive(Clone, Copy, Debug)]
+struct Settings {
+    limits: Limits,
+    buffer_size: usize,
+    limit_post: Option<u64>,
+    head_timeout: Duration,
+}
+
+/// An accepted connection.
+#[derive(Debug)]
+pub(crate) enum Conn {
+    Tcp(std::net::TcpStream, SocketAddr),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+/// Everything one process serves connections with: the app, the static maps, the limits,
+/// and the graceful stop (no new requests on kept-alive connections, wait for the
+/// requests in flight).
+#[derive(Debug)]
+pub(crate) struct Stack {
+    settings: Settings,
+    host: WsgiHost,
+    app: Arc<HttpApp>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Stack {
+    pub(crate) fn new(o: &Options, host: WsgiHost) -> anyhow::Result<Arc<Self>> {
+        let statics = o
+            .static_map
+            .iter()
+            .map(|m| StaticMap::parse(m))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?;
+        let app = Arc::new(HttpApp {
+            wsgi: WsgiService::new(host.clone()).post_buffering(o.post_buffering),
+            statics: Arc::new(StaticFiles::new(statics)),
+            limit_post: o.limit_post,
+        });
+        Ok(Arc::new(Self {
+            settings: Settings {
+                limits: Limits::new()
+                    .max_block_size(o.buffer_size)
+                    .max_body(o.limit_post),
+                buffer_size: o.buffer_size,
+                limit_post: o.limit_post,
+                head_timeout: Duration::from_secs(o.socket_timeout.max(1)),
+            },
+            host,
+            app,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }))
+    }
+
+    /// The WSGI host.
+    pub(crate) fn host(&self) -> &WsgiHost {
+        &self.host
+    }
+
+    /// Serves an accepted connection on `rt` (tracked for the graceful stop).
+    pub(crate) fn spawn(self: &Arc<Self>, conn: Conn, proto: Proto, rt: &tokio::runtime::Handle) {
+        let stack = self.clone();
+        self.tracker.spawn_on(
+            async move {
+                match conn {
+                    Conn::Tcp(s, peer) => {
+                        let _ = s.set_nodelay(true);
+                        match s
+                            .set_nonblocking(true)
+                            .and_then(|()| tokio::net::TcpStream::from_std(s))
+                        {
+                            Ok(s) => stack.serve(s, Some(peer), proto).await,
+                            Err(e) => tracing::warn!("accepted connection: {e}"),
+                        }
+                    }
+                    Conn::Unix(s) => match s
+                        .set_nonblocking(true)
+                        .and_then(|()| tokio::net::UnixStream::from_std(s))
+                    {
+                        Ok(s) => stack.serve(s, None, proto).await,
+                        Err(e) => tracing::warn!("accepted connection: {e}"),
+                    },
+                }
+            },
+            rt,
+        );
+    }
+
+    /// Serves one connection with its listener's protocol.
+    async fn serve<S>(&self, s: S, peer: Option<SocketAddr>, proto: Proto)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let c = &self.settings;
+        let host = &self.host;
+        match proto {
+            Proto::Http => {
+                listen::http::serve_connection_until(s, peer, &self.app, &self.shutdown).await;
+            }
+            Proto::Uwsgi => {
+                listen::uwsgi::serve_connection(s, c.limits, c.head_timeout, host).await;
+            }
+            Proto::FastCgi => {
+                listen::fastcgi::serve_connection_until(s, c.limit_post, host, &self.shutdown)
+                    .await;
+            }
+            Proto::Scgi => {
+                listen::scgi::serve_connection(
+                    s,
+                    c.buffer_size,
+                    c.limit_post,
+                    c.head_timeout,
+                    host,
+                )
+                .await;
+            }
+        }
+    }
+
+    /// The graceful stop: kept-alive connections close after their request in flight,
+    /// and this waits (up to `mercy`) for every connection to finish. False if some were
+    /// still running at the deadline.
+    pub(crate) async fn drain(&self, mercy: Duration) -> bool {
+        self.shutdown.cancel();
+        self.tracker.close();
+        tokio::time::timeout(mercy, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+
+    /// Connections being served now.
+    pub(crate) fn connections(&self) -> usize {
+        self.tracker.len()
+    }
+}
+
+/// Loads the app, binds every listener, and serves in this one process until
+/// SIGINT/SIGTERM, then stops gracefully (requests in flight finish, up to
+/// `--worker-reload-mercy`).
+pub async fn run(o: Options) -> anyhow::Result<()> {
+    for name in not_yet(&o) {
+        tracing::warn!("{name} is accepted but only acts with a master (--master)");
+    }
+    let addrs = listen_addrs(&o)?;
     // Bind first (clear errors before the app loads), then load the app.
     let mut listeners = Vec::new();
     for (addr, proto) in &addrs {
@@ -93,71 +272,41 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         tracing::info!("{proto:?} listening on {addr}");
         listeners.push((l, *proto));
     }
+    drop_privileges(&o)?;
     let spec = app_spec(&o)?;
-    let host = tokio::task::spawn_blocking(move || {
-        WsgiHost::start(
-            &spec,
-            HostOptions {
-                threads: o.threads.unwrap_or(1).max(1),
-                multiprocess: o.processes.unwrap_or(1) > 1,
-                ..HostOptions::default()
-            },
-        )
-    })
-    .await??;
+    let opts = host_options(&o);
+    let host = tokio::task::spawn_blocking(move || WsgiHost::start(&spec, opts)).await??;
     tracing::info!("WSGI app ready");
-    let limits = Limits::new()
-        .max_block_size(o.buffer_size)
-        .max_body(o.limit_post);
-    let statics = o
-        .static_map
-        .iter()
-        .map(|m| StaticMap::parse(m))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
-    let app = Arc::new(HttpApp {
-        wsgi: WsgiService::new(host.clone()).post_buffering(o.post_buffering),
-        statics: Arc::new(StaticFiles::new(statics)),
-        limit_post: o.limit_post,
-    });
-    let settings = Settings {
-        limits,
-        buffer_size: o.buffer_size,
-        limit_post: o.limit_post,
-        head_timeout: std::time::Duration::from_secs(o.socket_timeout.max(1)),
-    };
+    let stack = Stack::new(&o, host)?;
+    let rt = tokio::runtime::Handle::current();
     let mut unix_paths = Vec::new();
+    let mut acceptors = Vec::new();
     for (l, proto) in listeners {
-        let (host, app) = (host.clone(), app.clone());
         if let Listener::Unix(_, p) = &l {
             unix_paths.push(p.clone());
         }
-        tokio::spawn(async move {
+        let (stack, rt) = (stack.clone(), rt.clone());
+        acceptors.push(tokio::spawn(async move {
             loop {
                 let accepted = match &l {
-                    Listener::Tcp(t) => t.accept().await.map(|(s, peer)| Conn::Tcp(s, peer)),
-                    Listener::Unix(u, _) => u.accept().await.map(|(s, _)| Conn::Unix(s)),
+                    Listener::Tcp(t) => t
+                        .accept()
+                        .await
+                        .and_then(|(s, peer)| Ok(Conn::Tcp(s.into_std()?, peer))),
+                    Listener::Unix(u, _) => u
+                        .accept()
+                        .await
+                        .and_then(|(s, _)| Ok(Conn::Unix(s.into_std()?))),
                 };
-                let conn = match accepted {
-                    Ok(c) => c,
+                match accepted {
+                    Ok(c) => stack.spawn(c, proto, &rt),
                     Err(e) => {
                         tracing::warn!("accept: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                };
-                let (host, app) = (host.clone(), app.clone());
-                tokio::spawn(async move {
-                    match conn {
-                        Conn::Tcp(s, peer) => {
-                            let _ = s.set_nodelay(true);
-                            serve(s, Some(peer), proto, &settings, &host, &app).await;
-                        }
-                        Conn::Unix(s) => serve(s, None, proto, &settings, &host, &app).await,
-                    }
-                });
+                }
             }
-        });
+        }));
     }
     if let Some(pidfile) = &o.pidfile {
         std::fs::write(pidfile, format!("{}\n", std::process::id()))
@@ -168,7 +317,17 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    tracing::info!("stopping");
+    for a in &acceptors {
+        a.abort();
+    }
+    tracing::info!("stopping: {} connection(s) to finish", stack.connections());
+    let mercy = Duration::from_secs(o.worker_reload_mercy);
+    tokio::select! {
+        done = stack.drain(mercy) => if !done {
+            tracing::warn!("requests still running after {mercy:?}: stopped");
+        },
+        _ = tokio::signal::ctrl_c() => tracing::warn!("second SIGINT: stopping now"),
+    }
     if o.vacuum {
         for p in unix_paths {
             let _ = std::fs::remove_file(p);
@@ -178,40 +337,4 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// What every connection of a listener is served with.
-#[derive(Clone, Copy)]
-struct Settings {
-    limits: Limits,
-    buffer_size: usize,
-    limit_post: Option<u64>,
-    head_timeout: std::time::Duration,
-}
-
-/// Serves one accepted connection (TCP or unix) with its listener's protocol.
-async fn serve<S>(
-    s: S,
-    peer: Option<std::net::SocketAddr>,
-    proto: Proto,
-    c: &Settings,
-    host: &WsgiHost,
-    app: &HttpApp,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    match proto {
-        Proto::Http => listen::http::serve_connection(s, peer, app).await,
-        Proto::Uwsgi => listen::uwsgi::serve_connection(s, c.limits, c.head_timeout, host).await,
-        Proto::FastCgi => listen::fastcgi::serve_connection(s, c.limit_post, host).await,
-        Proto::Scgi => {
-            listen::scgi::serve_connection(s, c.buffer_size, c.limit_post, c.head_timeout, host)
-                .await
-        }
-    }
-}
-
-enum Conn {
-    Tcp(tokio::net::TcpStream, std::net::SocketAddr),
-    Unix(tokio::net::UnixStream),
 }

@@ -54,7 +54,8 @@ pub struct Options {
     #[arg(long, value_name = "KEY=VALUE")]
     pub env: Vec<String>,
 
-    /// Run a master process (accepted; see --processes).
+    /// Run a master process that supervises the workers (implied by --processes above 1,
+    /// --harakiri, --max-requests, --reload-on-rss, --py-autoreload and --stats).
     #[arg(long, short = 'M')]
     pub master: bool,
     /// Worker processes.
@@ -72,6 +73,13 @@ pub struct Options {
     /// Recycle a worker whose resident memory passes this many MB.
     #[arg(long, value_name = "MB")]
     pub reload_on_rss: Option<u64>,
+    /// Give the first `max-requests` recycle of worker N an extra N*DELTA requests, so
+    /// workers do not recycle together.
+    #[arg(long, value_name = "DELTA")]
+    pub max_requests_delta: Option<u64>,
+    /// Seconds a stopping or recycled worker may take to finish its requests.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub worker_reload_mercy: u64,
     /// Load the app in each worker instead of the master.
     #[arg(long)]
     pub lazy_apps: bool,
@@ -122,9 +130,12 @@ pub struct Options {
     /// Reload when an imported module's file changes (check every N seconds).
     #[arg(long, value_name = "N")]
     pub py_autoreload: Option<u64>,
-    /// Stats server address.
+    /// Stats server address: every connection gets a JSON document (master, workers).
     #[arg(long, value_name = "ADDR")]
     pub stats: Option<String>,
+    /// Prefix the stats server's JSON with an HTTP response head (for curl and browsers).
+    #[arg(long)]
+    pub stats_http: bool,
     /// Read options from the [uwsgi] section of an ini file (several allowed).
     #[arg(long, value_name = "FILE")]
     pub ini: Vec<PathBuf>,

@@ -11,6 +11,7 @@ use cgi_family::Env;
 use cgi_family::fastcgi::{self, Event, RecordType, ServerConfig, ServerConnection};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
 use wsgi_host::{BodyChunk, BodyError, RequestBody, WsgiHost, WsgiRequest};
 
 use super::respond::{HeadStyle, file_block, head_bytes};
@@ -101,6 +102,19 @@ pub async fn serve_connection<S>(io: S, max_body: Option<u64>, host: &WsgiHost)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    serve_connection_until(io, max_body, host, &CancellationToken::new()).await;
+}
+
+/// Serves one FastCGI connection until `shutdown` is cancelled: then the connection is
+/// closed as soon as no request is in flight on it and no record is half read.
+pub async fn serve_connection_until<S>(
+    io: S,
+    max_body: Option<u64>,
+    host: &WsgiHost,
+    shutdown: &CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut reader, writer) = tokio::io::split(io);
     let writer: Writer<S> = Arc::new(Mutex::new(writer));
     let mut conn = ServerConnection::new(ServerConfig::default());
@@ -169,7 +183,12 @@ where
             }
         }
         buf.reserve(16 * 1024);
+        let idle = buf.is_empty() && conn.active_requests().next().is_none();
         tokio::select! {
+            () = shutdown.cancelled(), if idle => {
+                let _ = writer.lock().await.shutdown().await;
+                return;
+            }
             read = reader.read_buf(&mut buf) => {
                 if matches!(read, Ok(0) | Err(_)) {
                     return; // requests in flight see their body end; their output is dropped

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio_util::sync::CancellationToken;
 use wsgi_host::WsgiService;
 
 use crate::handler::{Body, StaticFiles};
@@ -93,6 +94,20 @@ pub async fn serve_connection<S>(io: S, peer: Option<SocketAddr>, app: &HttpApp)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    serve_connection_until(io, peer, app, &CancellationToken::new()).await;
+}
+
+/// Serves one HTTP/1.1 connection until `shutdown` is cancelled: then the request in
+/// flight (if any) completes with `Connection: close` and the connection ends (a graceful
+/// stop never cuts a request that was accepted).
+pub async fn serve_connection_until<S>(
+    io: S,
+    peer: Option<SocketAddr>,
+    app: &HttpApp,
+    shutdown: &CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let conn = http1::Builder::new()
         .keep_alive(true)
         .timer(TokioTimer::new())
@@ -105,7 +120,15 @@ where
                 peer,
             },
         );
-    if let Err(e) = conn.await {
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!("http connection: {e}");
     }
 }

@@ -21,11 +21,74 @@ pub enum Listener {
     Unix(tokio::net::UnixListener, PathBuf),
 }
 
+/// A bound listening socket in blocking mode, before any runtime exists: what a master
+/// binds and its workers inherit across `fork` (and a reload inherits across `exec`).
+#[derive(Debug)]
+pub enum StdListener {
+    /// TCP.
+    Tcp(std::net::TcpListener),
+    /// A unix socket, with its path.
+    Unix(std::os::unix::net::UnixListener, PathBuf),
+}
+
+/// The listen backlog: connections the kernel queues while every worker is busy or
+/// while workers are being replaced (nginx and tokio use 511 and 1024).
+pub const BACKLOG: i32 = 1024;
+
+impl StdListener {
+    /// The socket's file descriptor.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match self {
+            Self::Tcp(l) => l.as_fd(),
+            Self::Unix(l, _) => l.as_fd(),
+        }
+    }
+
+    /// For a tokio runtime (non-blocking mode).
+    pub fn into_tokio(self) -> std::io::Result<Listener> {
+        Ok(match self {
+            Self::Tcp(l) => {
+                l.set_nonblocking(true)?;
+                Listener::Tcp(tokio::net::TcpListener::from_std(l)?)
+            }
+            Self::Unix(l, p) => {
+                l.set_nonblocking(true)?;
+                Listener::Unix(tokio::net::UnixListener::from_std(l)?, p)
+            }
+        })
+    }
+
+    /// The unix socket path, if it is one.
+    pub fn unix_path(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Tcp(_) => None,
+            Self::Unix(_, p) => Some(p),
+        }
+    }
+}
+
 /// Binds `addr`; a unix socket replaces a stale socket file and gets `chmod` (octal, as
 /// uWSGI's `--chmod-socket`).
 pub async fn bind(addr: &ListenAddr, chmod: Option<&str>) -> std::io::Result<Listener> {
+    bind_std(addr, chmod)?.into_tokio()
+}
+
+/// [`bind`] without a runtime: a blocking-mode socket (SO_REUSEADDR for TCP, a backlog
+/// of [`BACKLOG`]).
+pub fn bind_std(addr: &ListenAddr, chmod: Option<&str>) -> std::io::Result<StdListener> {
+    use socket2::{Domain, SockAddr, Socket, Type};
     match addr {
-        ListenAddr::Tcp(a) => Ok(Listener::Tcp(tokio::net::TcpListener::bind(a).await?)),
+        ListenAddr::Tcp(a) => {
+            let s = Socket::new(Domain::for_address(*a), Type::STREAM, None)?;
+            s.set_reuse_address(true)?;
+            if a.is_ipv6() {
+                s.set_only_v6(true)?;
+            }
+            s.bind(&SockAddr::from(*a))?;
+            s.listen(BACKLOG)?;
+            Ok(StdListener::Tcp(s.into()))
+        }
         ListenAddr::Unix(path) => {
             if std::fs::symlink_metadata(path).is_ok_and(|m| {
                 use std::os::unix::fs::FileTypeExt;
@@ -33,7 +96,9 @@ pub async fn bind(addr: &ListenAddr, chmod: Option<&str>) -> std::io::Result<Lis
             }) {
                 std::fs::remove_file(path)?;
             }
-            let l = tokio::net::UnixListener::bind(path)?;
+            let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+            s.bind(&SockAddr::unix(path)?)?;
+            s.listen(BACKLOG)?;
             if let Some(mode) = chmod {
                 let mode = u32::from_str_radix(mode, 8).map_err(|_| {
                     std::io::Error::new(
@@ -43,7 +108,7 @@ pub async fn bind(addr: &ListenAddr, chmod: Option<&str>) -> std::io::Result<Lis
                 })?;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
             }
-            Ok(Listener::Unix(l, path.clone()))
+            Ok(StdListener::Unix(s.into(), path.clone()))
         }
     }
 }

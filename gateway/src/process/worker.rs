@@ -1,0 +1,261 @@
+//! One worker process: forked by the master, serves the inherited listeners until it is
+//! told to stop, reporting to the master through a pipe.
+
+use std::io::Write;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use pyo3::prelude::*;
+use wsgi_host::WsgiHost;
+
+use super::sys;
+use crate::config::Options;
+use crate::listen::StdListener;
+use crate::server::{Conn, Proto, Stack};
+
+/// What a worker starts from (all of it inherited from the master by `fork`).
+pub(crate) struct Start<'a> {
+    /// 1-based slot number (stable across respawns).
+    pub(crate) id: usize,
+    pub(crate) options: &'a Options,
+    pub(crate) listeners: &'a [(StdListener, Proto)],
+    /// The loaded app (fork after load), or `None` to load it here (`--lazy-apps`).
+    pub(crate) app: Option<&'a Py<PyAny>>,
+    /// The write end of this worker's pipe to the master.
+    pub(crate) report: std::fs::File,
+    /// Requests before this worker asks to be recycled.
+    pub(crate) max_requests: Option<u64>,
+}
+
+/// Lines a worker sends the master.
+pub(crate) mod msg {
+    pub(crate) const READY: &str = "ready";
+    pub(crate) const STAT: &str = "stat";
+    pub(crate) const RETIRE: &str = "retire";
+    pub(crate) const RELOAD: &str = "reload";
+}
+
+/// Runs the worker and exits the process; never returns.
+pub(crate) fn run(start: Start<'_>) -> ! {
+    let code = match serve(start) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("worker: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn serve(start: Start<'_>) -> anyhow::Result<()> {
+    let Start {
+        id,
+        options: o,
+        listeners,
+        app,
+        report,
+        max_requests,
+    } = start;
+    // The master blocks the signals it reads from a signalfd: a worker wants them back.
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    // The master handles Ctrl-C and SIGHUP for everyone; a worker stops on SIGTERM, which
+    // it also gets if the master dies.
+    sys::ignore(Signal::SIGINT)?;
+    sys::ignore(Signal::SIGHUP)?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+    sys::install_wake_handler()?;
+    let report = Arc::new(std::sync::Mutex::new(report));
+    let send = {
+        let report = report.clone();
+        move |line: &str| {
+            // The master may be gone (a reload re-executes it): nothing to do then.
+            let mut r = report
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = r.write_all(format!("{line}\n").as_bytes());
+        }
+    };
+
+    let host = match app {
+        Some(app) => {
+            let app = Python::attach(|py| app.clone_ref(py));
+            WsgiHost::from_callable(app, crate::server::host_options(o))
+        }
+        None => {
+            let spec = crate::server::app_spec(o)?;
+            WsgiHost::start(&spec, crate::server::host_options(o))?
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let stack = Stack::new(o, host)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut acceptors = Vec::new();
+    for (n, (l, proto)) in listeners.iter().enumerate() {
+        let l = match l {
+            StdListener::Tcp(t) => StdListener::Tcp(t.try_clone()?),
+            StdListener::Unix(u, p) => StdListener::Unix(u.try_clone()?, p.clone()),
+        };
+        let (stack, stop, rt, proto) = (
+            stack.clone(),
+            stop.clone(),
+            runtime.handle().clone(),
+            *proto,
+        );
+        acceptors.push(
+            std::thread::Builder::new()
+                .name(format!("accept-{n}"))
+                .spawn(move || accept_loop(&l, proto, &stack, &stop, &rt))?,
+        );
+    }
+    send(msg::READY);
+    tracing::info!("worker {id} (pid {}) ready", std::process::id());
+
+    // Reports for the master: counters, and asking to be recycled.
+    let reporter = {
+        let (stack, stop, send) = (stack.clone(), stop.clone(), send.clone());
+        std::thread::Builder::new()
+            .name("report".into())
+            .spawn(move || report_loop(&stack, &stop, max_requests, &send))?
+    };
+    drop(reporter);
+    if id == 1 {
+        if let Some(every) = o.py_autoreload.filter(|&n| n > 0) {
+            let send = send.clone();
+            std::thread::Builder::new()
+                .name("autoreload".into())
+                .spawn(move || autoreload(Duration::from_secs(every), &send))?;
+        }
+    }
+
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        term.recv().await;
+        anyhow::Ok(())
+    })?;
+    // Graceful stop: no new connections, the accepted ones finish.
+    stop.store(true, Ordering::SeqCst);
+    for a in acceptors {
+        let thread = a.as_pthread_t();
+        while !a.is_finished() {
+            let _ = nix::sys::pthread::pthread_kill(thread, sys::WAKE);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = a.join();
+    }
+    tracing::info!(
+        "worker {id} (pid {}) stopping: {} connection(s) to finish",
+        std::process::id(),
+        stack.connections()
+    );
+    let mercy = Duration::from_secs(o.worker_reload_mercy);
+    if !runtime.block_on(stack.drain(mercy)) {
+        tracing::warn!("worker {id}: requests still running after {mercy:?}: stopped");
+    }
+    Ok(())
+}
+
+/// Accepts with a blocking `accept` on the shared socket: the kernel wakes one waiting
+/// thread per connection (no thundering herd) and queues waiters in turn, so connections
+/// spread across workers.
+fn accept_loop(
+    l: &StdListener,
+    proto: Proto,
+    stack: &Arc<Stack>,
+    stop: &AtomicBool,
+    rt: &tokio::runtime::Handle,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        // socket2's accept returns EINTR (std's retries it), so the stop signal wakes it.
+        let accepted = socket2::SockRef::from(&l.as_fd())
+            .accept()
+            .map(|(s, peer)| match l {
+                StdListener::Tcp(_) => Conn::Tcp(
+                    s.into(),
+                    peer.as_socket()
+                        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+                ),
+                StdListener::Unix(..) => Conn::Unix(s.into()),
+            });
+        match accepted {
+            // Even when stopping: a connection accepted is served.
+            Ok(c) => stack.spawn(c, proto, rt),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn report_loop(stack: &Stack, stop: &AtomicBool, max_requests: Option<u64>, send: &dyn Fn(&str)) {
+    let mut last = None;
+    let mut asked = false;
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+        let s = stack.host().stats();
+        if last != Some(s) {
+            send(&format!("{} {} {}", msg::STAT, s.requests, s.busy));
+            last = Some(s);
+        }
+        if asked {
+            continue;
+        }
+        if s.harakiri > 0 {
+            send(&format!("{} harakiri", msg::RETIRE));
+            asked = true;
+        } else if max_requests.is_some_and(|m| s.requests >= m) {
+            send(&format!("{} max-requests", msg::RETIRE));
+            asked = true;
+        }
+    }
+}
+
+/// `--py-autoreload N`: every N seconds, compares the modification times of every
+/// imported module's file with the first look; on a change asks the master to reload.
+fn autoreload(every: Duration, send: &dyn Fn(&str)) {
+    const SCAN: &std::ffi::CStr = c"
+import os, sys
+def scan():
+    out = {}
+    for m in list(sys.modules.values()):
+        f = getattr(m, '__file__', None)
+        if not f:
+            continue
+        if f.endswith(('.pyc', '.pyo')):
+            f = f[:-1]
+        try:
+            out[f] = os.stat(f).st_mtime_ns
+        except OSError:
+            pass
+    return out
+";
+    let scan = || -> PyResult<std::collections::HashMap<String, i64>> {
+        Python::attach(|py| {
+            let m = PyModule::from_code(py, SCAN, c"gateway_autoreload.py", c"gateway_autoreload")?;
+            m.getattr("scan")?.call0()?.extract()
+        })
+    };
+    let Ok(first) = scan() else {
+        tracing::error!("py-autoreload: cannot list the modules");
+        return;
+    };
+    loop {
+        std::thread::sleep(every);
+        let Ok(now) = scan() else { continue };
+        let changed = now
+            .iter()
+            .find(|(f, t)| first.get(*f).is_some_and(|t0| t0 != *t))
+            .map(|(f, _)| f.clone());
+        if let Some(f) = changed {
+            tracing::info!("py-autoreload: {f} changed, reloading");
+            send(msg::RELOAD);
+            return;
+        }
+    }
+}
