@@ -85,6 +85,37 @@ impl Peer {
             .unwrap_or_default()
     }
 
+    /// Waits up to `timeout` for the peer to exit by itself: its exit status, or `None`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Sends signal `sig` (a name such as `HUP` or `TERM`) to the peer, by PID.
+    pub fn signal(&self, sig: &str) {
+        signal(self.pid(), sig);
+    }
+
+    /// Waits until the log contains `needle`; panics with the log after `timeout`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(
+                start.elapsed() < timeout,
+                "{} did not log {needle:?} within {timeout:?}:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until `addr` accepts TCP connections; panics (with the peer's log) if the
     /// peer exits or `timeout` passes first.
     pub fn wait_tcp(&mut self, addr: SocketAddr, timeout: Duration) {
@@ -110,6 +141,16 @@ impl Peer {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Sends signal `sig` (a name such as `HUP`, `TERM` or `KILL`) to process `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig} {pid} failed");
 }
 
 impl Drop for Peer {

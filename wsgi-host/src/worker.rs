@@ -1,6 +1,6 @@
 //! The pool of Python threads and the life of one request inside it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,8 @@ struct Inner {
 struct Watch {
     requests: AtomicU64,
     harakiri: AtomicU64,
+    /// Threads whose request harakiri stopped and that have not returned from it.
+    stuck: AtomicUsize,
     threads: Vec<ThreadSlot>,
 }
 
@@ -85,7 +87,7 @@ fn lock_slot(slot: &ThreadSlot) -> std::sync::MutexGuard<'_, Option<Busy>> {
 }
 
 /// Checks the running requests against the harakiri limit until the host is dropped.
-fn watchdog(watch: &Weak<Watch>, limit: Duration) {
+fn watchdog(watch: &Weak<Watch>, limit: Duration, queue: &crossbeam_channel::Receiver<Job>) {
     let tick = (limit / 20).clamp(Duration::from_millis(10), Duration::from_millis(100));
     loop {
         std::thread::sleep(tick);
@@ -99,6 +101,7 @@ fn watchdog(watch: &Weak<Watch>, limit: Duration) {
                 continue;
             };
             b.stopped = true;
+            w.stuck.fetch_add(1, Ordering::SeqCst);
             let id = b.id;
             {
                 let mut r = lock(&b.shared);
@@ -111,14 +114,15 @@ fn watchdog(watch: &Weak<Watch>, limit: Duration) {
                 }
             }
             drop(busy);
-            w.harakiri.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
                 request_id = id,
                 "HARAKIRI: request {id} on thread wsgi-{n} ran longer than {limit:?}: stopped (504 Gateway Timeout unless the headers had gone out)"
             );
-            // The stack is read on another thread: if the stuck code holds the GIL, this
-            // waits, and the watchdog goes on watching the other threads.
+            // The stack is read on another thread: if the stuck code holds the GIL, that
+            // thread waits, and the watchdog goes on after a second. The event is counted
+            // (so the process may be retired) once the stack is logged, or after that second.
             let ident = slot.ident.load(Ordering::Relaxed);
+            let (logged_tx, logged) = std::sync::mpsc::channel::<()>();
             let _ = std::thread::Builder::new()
                 .name("harakiri-stack".into())
                 .spawn(move || {
@@ -127,7 +131,23 @@ fn watchdog(watch: &Weak<Watch>, limit: Duration) {
                         request_id = id,
                         "HARAKIRI: Python stack of thread wsgi-{n} (request {id}):\n{stack}"
                     );
+                    let _ = logged_tx.send(());
                 });
+            let _ = logged.recv_timeout(Duration::from_secs(1));
+            w.harakiri.fetch_add(1, Ordering::Relaxed);
+        }
+        // Every thread stuck: requests waiting for one would wait forever.
+        if w.stuck.load(Ordering::SeqCst) >= w.threads.len() {
+            let mut refused = 0;
+            while let Ok(job) = queue.try_recv() {
+                lock(&Responder::new(job.reply, 1)).send_error(503, "Service Unavailable");
+                refused += 1;
+            }
+            if refused > 0 {
+                tracing::warn!(
+                    "every Python thread is stuck: {refused} waiting request(s) answered 503"
+                );
+            }
         }
     }
 }
@@ -174,6 +194,7 @@ impl WsgiHost {
         let watch = Arc::new(Watch {
             requests: AtomicU64::new(0),
             harakiri: AtomicU64::new(0),
+            stuck: AtomicUsize::new(0),
             threads: (0..opts.threads.max(1))
                 .map(|_| ThreadSlot::default())
                 .collect(),
@@ -191,7 +212,7 @@ impl WsgiHost {
             let weak = Arc::downgrade(&watch);
             std::thread::Builder::new()
                 .name("harakiri".into())
-                .spawn(move || watchdog(&weak, limit))
+                .spawn(move || watchdog(&weak, limit, &rx))
                 .expect("spawn the harakiri watchdog");
         }
         Self {
@@ -210,6 +231,10 @@ impl WsgiHost {
     /// Hands a request to the application; resolves when the status and headers are
     /// known (the body then streams through [`WsgiResponse::body`]).
     pub async fn call(&self, request: WsgiRequest) -> Result<WsgiResponse, HostError> {
+        let watch = &self.inner.watch;
+        if watch.stuck.load(Ordering::Relaxed) >= watch.threads.len() {
+            return Err(HostError::Overloaded); // every thread is stuck (harakiri)
+        }
         let (reply, rx) = oneshot::channel();
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         self.inner
@@ -300,7 +325,9 @@ fn worker(
         // Wait for work with the GIL released.
         while let Ok(job) = py.detach(|| rx.recv()) {
             handle(py, app, &statics, opts, job, 4, Some(slot));
-            *lock_slot(slot) = None;
+            if lock_slot(slot).take().is_some_and(|b| b.stopped) {
+                watch.stuck.fetch_sub(1, Ordering::SeqCst);
+            }
             watch.requests.fetch_add(1, Ordering::Relaxed);
         }
     });

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cgi_family::Env;
@@ -121,6 +121,8 @@ pub async fn serve_connection_until<S>(
     let mut bodies: HashMap<u16, mpsc::Sender<Result<Bytes, BodyError>>> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u16>();
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut served_any = false;
+    let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         loop {
             let ev = match conn.poll_event(&mut buf) {
@@ -133,6 +135,7 @@ pub async fn serve_connection_until<S>(
             };
             match ev {
                 Event::Request { id, mut env, .. } => {
+                    served_any = true;
                     mount_at_root(&mut env);
                     let too_big = max_body
                         .zip(
@@ -185,7 +188,16 @@ pub async fn serve_connection_until<S>(
         buf.reserve(16 * 1024);
         let idle = buf.is_empty() && conn.active_requests().next().is_none();
         tokio::select! {
-            () = shutdown.cancelled(), if idle => {
+            // On shutdown an idle connection closes; one accepted just before the stop
+            // that has not sent its request yet gets a moment to send it (and is served).
+            () = shutdown.cancelled(), if idle && (served_any || grace.is_none()) => {
+                if served_any {
+                    let _ = writer.lock().await.shutdown().await;
+                    return;
+                }
+                grace = Some(Box::pin(tokio::time::sleep(Duration::from_secs(2))));
+            }
+            () = async { if let Some(g) = grace.as_mut() { g.await } }, if idle && grace.is_some() => {
                 let _ = writer.lock().await.shutdown().await;
                 return;
             }

@@ -6,10 +6,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use wsgi_host::WsgiService;
 
@@ -29,7 +31,13 @@ pub struct HttpApp {
 struct PerConnection {
     app: HttpApp,
     peer: Option<SocketAddr>,
+    /// Set (and notified) when the first request arrives.
+    first: Arc<(AtomicBool, Notify)>,
 }
+
+/// How long a graceful stop waits for the first request of a connection that was accepted
+/// but has not sent one yet (it is then served, not dropped).
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
 
 fn plain(status: http::StatusCode, text: &'static str) -> http::Response<Body> {
     let mut r = http::Response::new(Body::full(text));
@@ -47,6 +55,9 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        if !self.first.0.swap(true, Ordering::SeqCst) {
+            self.first.1.notify_one();
+        }
         if let Some(peer) = self.peer {
             req.extensions_mut().insert(peer);
         }
@@ -108,6 +119,7 @@ pub async fn serve_connection_until<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let first = Arc::new((AtomicBool::new(false), Notify::new()));
     let conn = http1::Builder::new()
         .keep_alive(true)
         .timer(TokioTimer::new())
@@ -118,14 +130,34 @@ pub async fn serve_connection_until<S>(
             PerConnection {
                 app: app.clone(),
                 peer,
+                first: first.clone(),
             },
         );
     tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    // On shutdown: a connection that has had a request closes after the one in flight;
+    // one accepted just before the stop gets a moment to send its request, which is
+    // served (closing it at once would drop a request the client already sent).
+    let mut grace = None;
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            () = shutdown.cancelled(), if !closing && grace.is_none() => {
+                if first.0.load(Ordering::SeqCst) {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                } else {
+                    grace = Some(Box::pin(tokio::time::sleep(FIRST_REQUEST_GRACE)));
+                }
+            }
+            () = first.1.notified(), if !closing && grace.is_some() => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = async { if let Some(g) = grace.as_mut() { g.await } }, if !closing && grace.is_some() => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
         }
     };
     if let Err(e) = result {

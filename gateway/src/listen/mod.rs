@@ -77,11 +77,31 @@ pub async fn bind(addr: &ListenAddr, chmod: Option<&str>) -> std::io::Result<Lis
 /// [`bind`] without a runtime: a blocking-mode socket (SO_REUSEADDR for TCP, a backlog
 /// of [`BACKLOG`]).
 pub fn bind_std(addr: &ListenAddr, chmod: Option<&str>) -> std::io::Result<StdListener> {
+    bind_std_inner(addr, chmod, false)
+}
+
+/// A TCP socket in an `SO_REUSEPORT` group: each worker of a master accepts on its own
+/// member, and the kernel spreads new connections across the members by their address
+/// hash (no thundering herd, and a burst of keep-alive connections does not all land on
+/// whichever worker woke first). The master keeps every member open, so connections
+/// queued on a member survive its worker's death until the respawned worker takes them.
+pub fn bind_tcp_shared(addr: std::net::SocketAddr) -> std::io::Result<StdListener> {
+    bind_std_inner(&ListenAddr::Tcp(addr), None, true)
+}
+
+fn bind_std_inner(
+    addr: &ListenAddr,
+    chmod: Option<&str>,
+    reuse_port: bool,
+) -> std::io::Result<StdListener> {
     use socket2::{Domain, SockAddr, Socket, Type};
     match addr {
         ListenAddr::Tcp(a) => {
             let s = Socket::new(Domain::for_address(*a), Type::STREAM, None)?;
             s.set_reuse_address(true)?;
+            if reuse_port {
+                s.set_reuse_port(true)?;
+            }
             if a.is_ipv6() {
                 s.set_only_v6(true)?;
             }

@@ -62,10 +62,16 @@ struct Slot {
     respawns: u64,
 }
 
+/// A configured listen address and its sockets (one per worker slot for TCP).
+struct Listen {
+    addr: ListenAddr,
+    proto: Proto,
+    sockets: Vec<StdListener>,
+}
+
 struct Master<'a> {
     o: &'a Options,
-    addrs: Vec<ListenAddr>,
-    listeners: Vec<(StdListener, Proto)>,
+    listeners: Vec<Listen>,
     app: Option<Py<PyAny>>,
     /// False after a reload whose app failed to load: the old workers go on serving.
     can_spawn: bool,
@@ -103,23 +109,38 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
 
     let mut inherited = inherited;
-    let mut addrs = Vec::new();
     let mut listeners = Vec::new();
     for (addr, proto) in listen_addrs(o)? {
-        let l = match inherited.iter().position(|(a, _)| *a == addr.to_string()) {
-            Some(i) => {
-                let (_, fd) = inherited.swap_remove(i);
-                match &addr {
-                    ListenAddr::Tcp(_) => StdListener::Tcp(fd.into()),
-                    ListenAddr::Unix(p) => StdListener::Unix(fd.into(), p.clone()),
-                }
-            }
-            None => listen::bind_std(&addr, o.chmod_socket.as_deref())
-                .with_context(|| format!("binding {addr}"))?,
+        // TCP: one SO_REUSEPORT member per worker slot; unix: one socket for all.
+        let members = match addr {
+            ListenAddr::Tcp(_) => processes,
+            ListenAddr::Unix(_) => 1,
         };
+        let mut sockets = Vec::new();
+        while sockets.len() < members {
+            let name = addr.to_string();
+            let l = match inherited.iter().position(|(a, _)| *a == name) {
+                Some(i) => {
+                    let (_, fd) = inherited.remove(i);
+                    match &addr {
+                        ListenAddr::Tcp(_) => StdListener::Tcp(fd.into()),
+                        ListenAddr::Unix(p) => StdListener::Unix(fd.into(), p.clone()),
+                    }
+                }
+                None => match &addr {
+                    ListenAddr::Tcp(a) if members > 1 => listen::bind_tcp_shared(*a),
+                    _ => listen::bind_std(&addr, o.chmod_socket.as_deref()),
+                }
+                .with_context(|| format!("binding {addr}"))?,
+            };
+            sockets.push(l);
+        }
         tracing::info!("{proto:?} listening on {addr}");
-        addrs.push(addr);
-        listeners.push((l, proto));
+        listeners.push(Listen {
+            addr,
+            proto,
+            sockets,
+        });
     }
     drop(inherited); // addresses no longer configured: closed
     let stats = match &o.stats {
@@ -167,7 +188,6 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let now = Instant::now();
     let mut m = Master {
         o,
-        addrs,
         listeners,
         app,
         can_spawn,
@@ -203,8 +223,8 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     );
     m.run()?;
     if o.vacuum {
-        for (l, _) in &m.listeners {
-            if let Some(p) = l.unix_path() {
+        for l in &m.listeners {
+            if let ListenAddr::Unix(p) = &l.addr {
                 let _ = std::fs::remove_file(p);
             }
         }
@@ -286,10 +306,16 @@ impl Master<'_> {
                 self.signals = None;
                 self.stats = None;
                 self.workers.clear();
+                // This slot's member of each TCP group, and the unix sockets.
+                let listeners: Vec<(&StdListener, Proto)> = self
+                    .listeners
+                    .iter()
+                    .map(|l| (&l.sockets[(id - 1) % l.sockets.len()], l.proto))
+                    .collect();
                 let start = worker::Start {
                     id,
                     options: self.o,
-                    listeners: &self.listeners,
+                    listeners: &listeners,
                     app: self.app.as_ref(),
                     report: std::fs::File::from(write),
                     max_requests: self.max_requests(id),
@@ -391,9 +417,11 @@ impl Master<'_> {
 
     fn reexec(&mut self) -> anyhow::Result<()> {
         let mut fds = String::new();
-        for (addr, (l, _)) in self.addrs.iter().zip(&self.listeners) {
-            fcntl(l.as_fd(), FcntlArg::F_SETFD(FdFlag::empty()))?;
-            fds.push_str(&format!("{} {addr}\n", l.as_fd().as_raw_fd()));
+        for l in &self.listeners {
+            for s in &l.sockets {
+                fcntl(s.as_fd(), FcntlArg::F_SETFD(FdFlag::empty()))?;
+                fds.push_str(&format!("{} {}\n", s.as_fd().as_raw_fd(), l.addr));
+            }
         }
         let old: Vec<String> = self
             .workers
@@ -407,8 +435,8 @@ impl Master<'_> {
             .env(ENV_OLD, old.join(","))
             .exec();
         // exec returned: it failed. Back to close-on-exec.
-        for (l, _) in &self.listeners {
-            let _ = fcntl(l.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+        for s in self.listeners.iter().flat_map(|l| &l.sockets) {
+            let _ = fcntl(s.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
         }
         Err(err).with_context(|| format!("executing {}", exe.display()))
     }

@@ -21,7 +21,7 @@ pub(crate) struct Start<'a> {
     /// 1-based slot number (stable across respawns).
     pub(crate) id: usize,
     pub(crate) options: &'a Options,
-    pub(crate) listeners: &'a [(StdListener, Proto)],
+    pub(crate) listeners: &'a [(&'a StdListener, Proto)],
     /// The loaded app (fork after load), or `None` to load it here (`--lazy-apps`).
     pub(crate) app: Option<&'a Py<PyAny>>,
     /// The write end of this worker's pipe to the master.
@@ -69,7 +69,6 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
     sys::install_wake_handler()?;
     let report = Arc::new(std::sync::Mutex::new(report));
     let send = {
-        let report = report.clone();
         move |line: &str| {
             // The master may be gone (a reload re-executes it): nothing to do then.
             let mut r = report
@@ -93,36 +92,33 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let stack = Stack::new(o, host)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut acceptors = Vec::new();
+    let acceptors = Arc::new(Acceptors::default());
     for (n, (l, proto)) in listeners.iter().enumerate() {
         let l = match l {
             StdListener::Tcp(t) => StdListener::Tcp(t.try_clone()?),
             StdListener::Unix(u, p) => StdListener::Unix(u.try_clone()?, p.clone()),
         };
-        let (stack, stop, rt, proto) = (
+        let (stack, a, rt, proto) = (
             stack.clone(),
-            stop.clone(),
+            acceptors.clone(),
             runtime.handle().clone(),
             *proto,
         );
-        acceptors.push(
-            std::thread::Builder::new()
-                .name(format!("accept-{n}"))
-                .spawn(move || accept_loop(&l, proto, &stack, &stop, &rt))?,
-        );
+        let thread = std::thread::Builder::new()
+            .name(format!("accept-{n}"))
+            .spawn(move || accept_loop(&l, proto, &stack, &a.stop, &rt))?;
+        acceptors.lock().push(thread);
     }
     send(msg::READY);
     tracing::info!("worker {id} (pid {}) ready", std::process::id());
 
     // Reports for the master: counters, and asking to be recycled.
-    let reporter = {
-        let (stack, stop, send) = (stack.clone(), stop.clone(), send.clone());
+    {
+        let (stack, acceptors, send) = (stack.clone(), acceptors.clone(), send.clone());
         std::thread::Builder::new()
             .name("report".into())
-            .spawn(move || report_loop(&stack, &stop, max_requests, &send))?
-    };
-    drop(reporter);
+            .spawn(move || report_loop(&stack, &acceptors, max_requests, &send))?;
+    }
     if id == 1 {
         if let Some(every) = o.py_autoreload.filter(|&n| n > 0) {
             let send = send.clone();
@@ -138,15 +134,7 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     // Graceful stop: no new connections, the accepted ones finish.
-    stop.store(true, Ordering::SeqCst);
-    for a in acceptors {
-        let thread = a.as_pthread_t();
-        while !a.is_finished() {
-            let _ = nix::sys::pthread::pthread_kill(thread, sys::WAKE);
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = a.join();
-    }
+    acceptors.stop();
     tracing::info!(
         "worker {id} (pid {}) stopping: {} connection(s) to finish",
         std::process::id(),
@@ -193,11 +181,48 @@ fn accept_loop(
     }
 }
 
-fn report_loop(stack: &Stack, stop: &AtomicBool, max_requests: Option<u64>, send: &dyn Fn(&str)) {
+/// The accept threads of a worker, and how to stop them.
+#[derive(Default)]
+struct Acceptors {
+    stop: AtomicBool,
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Acceptors {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<std::thread::JoinHandle<()>>> {
+        self.threads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stops accepting: sets the flag, then interrupts each thread's `accept` until it
+    /// has returned (a connection accepted meanwhile is still served).
+    fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let threads = std::mem::take(&mut *self.lock());
+        for a in threads {
+            let thread = a.as_pthread_t();
+            while !a.is_finished() {
+                let _ = nix::sys::pthread::pthread_kill(thread, sys::WAKE);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let _ = a.join();
+        }
+    }
+}
+
+/// Every 10 ms: tells the master the counters when they change; after `max-requests`
+/// or a harakiri, stops accepting and asks to be recycled.
+fn report_loop(
+    stack: &Stack,
+    acceptors: &Acceptors,
+    max_requests: Option<u64>,
+    send: &dyn Fn(&str),
+) {
     let mut last = None;
     let mut asked = false;
-    while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(100));
+    while !acceptors.stop.load(Ordering::SeqCst) || !asked {
+        std::thread::sleep(Duration::from_millis(10));
         let s = stack.host().stats();
         if last != Some(s) {
             send(&format!("{} {} {}", msg::STAT, s.requests, s.busy));
@@ -206,13 +231,19 @@ fn report_loop(stack: &Stack, stop: &AtomicBool, max_requests: Option<u64>, send
         if asked {
             continue;
         }
-        if s.harakiri > 0 {
-            send(&format!("{} harakiri", msg::RETIRE));
-            asked = true;
+        let reason = if s.harakiri > 0 {
+            "harakiri"
         } else if max_requests.is_some_and(|m| s.requests >= m) {
-            send(&format!("{} max-requests", msg::RETIRE));
-            asked = true;
-        }
+            "max-requests"
+        } else if acceptors.stop.load(Ordering::SeqCst) {
+            return; // stopping for another reason
+        } else {
+            continue;
+        };
+        // The replacement is forked at once; this worker takes no new connection.
+        send(&format!("{} {reason}", msg::RETIRE));
+        acceptors.stop();
+        asked = true;
     }
 }
 

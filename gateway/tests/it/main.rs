@@ -1,3 +1,4 @@
 //! gateway's integration tests: the binary started as users start it, with real peers.
 
+mod process;
 mod serve;

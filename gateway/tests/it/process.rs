@@ -1,0 +1,615 @@
+//! The master and its workers, driven as users drive uWSGI's: kill -9, max-requests,
+//! harakiri, reload-on-rss, SIGHUP under load, SIGTERM with requests in flight, the
+//! stats server, no thundering herd, and how evenly connections spread.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use testkit::Peer;
+
+/// Answers `VERSION pid`; /sleep?S sleeps, /leak keeps 30 MB, /crash kills the process.
+const APP: &str = r#"
+import os, time
+VERSION = "v1"
+LEAK = []
+def application(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/sleep":
+        time.sleep(float(environ["QUERY_STRING"] or 1))
+    elif path == "/leak":
+        LEAK.append(b"x" * (30 << 20))
+    elif path == "/crash":
+        os._exit(3)
+    body = ("%s %d" % (VERSION, os.getpid())).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"#;
+
+fn start(dir: &Path, addr: SocketAddr, args: &[&str]) -> Peer {
+    std::fs::write(dir.join("app.py"), APP).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(["--http", &addr.to_string(), "--wsgi-file", "app.py"])
+        .args(["--worker-reload-mercy", "10"])
+        .args(args)
+        .current_dir(dir);
+    let peer = Peer::spawn("gateway", cmd, Some(&dir.join("gateway.log")));
+    peer.wait_log("WSGI app ready", Duration::from_secs(30));
+    peer
+}
+
+fn local() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], testkit::free_port()))
+}
+
+/// One request on its own connection: (status, body), or why it failed.
+fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
+    if raw.is_empty() {
+        return Err("closed without a response".into());
+    }
+    let r = testkit::HttpResponse::parse(&raw);
+    Ok((r.status, r.text()))
+}
+
+fn pid_of(body: &str) -> u32 {
+    body.split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {body:?}"))
+}
+
+fn stats(addr: SocketAddr) -> serde_json::Value {
+    let mut s = TcpStream::connect(addr).expect("stats server");
+    let mut doc = String::new();
+    s.read_to_string(&mut doc).unwrap();
+    serde_json::from_str(&doc).unwrap_or_else(|e| panic!("stats JSON {doc:?}: {e}"))
+}
+
+fn worker_pids(stats_addr: SocketAddr) -> Vec<u32> {
+    stats(stats_addr)["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn kill_9_mid_request_then_serving_goes_on() {
+    let dir = testkit::temp_dir();
+    let (addr, st) = (local(), local());
+    let gw = start(dir.path(), addr, &["--master", "--stats", &st.to_string()]);
+    let pids = worker_pids(st);
+    assert_eq!(pids.len(), 1);
+    let slow = std::thread::spawn(move || get(addr, "/sleep?5"));
+    std::thread::sleep(Duration::from_millis(500));
+    testkit::signal(pids[0], "KILL");
+    let r = slow.join().unwrap();
+    assert!(
+        r.is_err(),
+        "the killed request's client gets an error: {r:?}"
+    );
+    for _ in 0..5 {
+        let (status, body) = get(addr, "/").expect("served after the kill");
+        assert_eq!(status, 200);
+        assert_ne!(pid_of(&body), pids[0], "a new worker");
+    }
+    let log = gw.log();
+    assert!(log.contains("died (killed by SIGKILL)"), "{log}");
+}
+
+#[test]
+fn a_crashing_app_does_not_make_the_master_spin() {
+    let dir = testkit::temp_dir();
+    std::fs::write(
+        dir.path().join("broken.py"),
+        "raise RuntimeError('broken at import')\n",
+    )
+    .unwrap();
+    let addr = local();
+    // Without --lazy-apps the master loads the app: a broken import is a start-up error.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args([
+        "--http",
+        &addr.to_string(),
+        "--wsgi-file",
+        "broken.py",
+        "--processes",
+        "2",
+    ])
+    .current_dir(dir.path());
+    let mut gw = Peer::spawn("gateway", cmd, Some(&dir.path().join("master.log")));
+    let status = gw.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert!(!status.success());
+    assert!(gw.log().contains("broken at import"), "{}", gw.log());
+
+    // With --lazy-apps every worker fails after the fork: respawned with a back-off.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args([
+        "--http",
+        &addr.to_string(),
+        "--wsgi-file",
+        "broken.py",
+        "--master",
+        "--lazy-apps",
+    ])
+    .current_dir(dir.path());
+    let gw = Peer::spawn("gateway", cmd, Some(&dir.path().join("lazy.log")));
+    std::thread::sleep(Duration::from_secs(4));
+    let log = gw.log();
+    let deaths = log.matches("before it was ready").count();
+    let delays: Vec<f64> = log
+        .lines()
+        .filter_map(|l| {
+            l.split("respawning in ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        (3..=12).contains(&deaths),
+        "{deaths} deaths in 4 s (without a back-off: dozens):\n{log}"
+    );
+    assert!(
+        delays.windows(2).all(|w| w[1] >= w[0]) && delays.last().copied().unwrap_or(0.0) >= 0.4,
+        "growing delays: {delays:?}"
+    );
+    // The master itself stays idle while it waits.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", gw.pid())).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    assert!(ticks < 50, "the master used {ticks} ticks of CPU in 4 s");
+    assert!(
+        log.contains("broken at import"),
+        "the traceback is logged:\n{log}"
+    );
+}
+
+#[test]
+fn max_requests_recycles_workers_without_failing_a_request() {
+    let dir = testkit::temp_dir();
+    let addr = local();
+    let gw = start(
+        dir.path(),
+        addr,
+        &["--processes", "2", "--max-requests", "5"],
+    );
+    let mut pids = std::collections::HashSet::new();
+    for n in 0..40 {
+        let (status, body) = get(addr, "/").unwrap_or_else(|e| panic!("request {n}: {e}"));
+        assert_eq!(status, 200);
+        pids.insert(pid_of(&body));
+    }
+    assert!(pids.len() >= 4, "workers were recycled: {pids:?}");
+    assert!(gw.log().contains("retiring (max-requests)"), "{}", gw.log());
+}
+
+fn harakiri(threads: &str) {
+    let dir = testkit::temp_dir();
+    let addr = local();
+    let gw = start(
+        dir.path(),
+        addr,
+        &["--processes", "1", "--threads", threads, "--harakiri", "2"],
+    );
+    let (_, body) = get(addr, "/").unwrap();
+    let first_pid = pid_of(&body);
+    let started = Instant::now();
+    let stuck = std::thread::spawn(move || (get(addr, "/sleep?30"), started.elapsed()));
+    // With threads to spare, other requests complete meanwhile.
+    let others = if threads == "1" {
+        None
+    } else {
+        Some(std::thread::spawn(move || {
+            (0..6)
+                .map(|_| get(addr, "/sleep?0.3").map(|(s, _)| s))
+                .collect::<Vec<_>>()
+        }))
+    };
+    let (r, took) = stuck.join().unwrap();
+    assert_eq!(r.as_ref().map(|r| r.0), Ok(504), "{r:?}");
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(5),
+        "504 after {took:?}"
+    );
+    if let Some(others) = others {
+        assert!(others.join().unwrap().iter().all(|s| *s == Ok(200)));
+    }
+    gw.wait_log("retired (harakiri", Duration::from_secs(15));
+    let log = gw.log();
+    assert!(log.contains("HARAKIRI"), "{log}");
+    assert!(
+        log.contains("Python stack") && log.contains("time.sleep"),
+        "the stuck thread's stack is logged:\n{log}"
+    );
+    let (status, body) = get(addr, "/").unwrap();
+    assert_eq!(status, 200);
+    assert_ne!(pid_of(&body), first_pid, "the worker was replaced");
+}
+
+#[test]
+fn harakiri_with_one_thread() {
+    harakiri("1");
+}
+
+#[test]
+fn harakiri_with_four_threads_spares_the_other_requests() {
+    harakiri("4");
+}
+
+#[test]
+fn reload_on_rss_recycles_a_leaking_worker() {
+    let dir = testkit::temp_dir();
+    let addr = local();
+    let gw = start(dir.path(), addr, &["--master", "--reload-on-rss", "100"]);
+    let (_, body) = get(addr, "/").unwrap();
+    let first = pid_of(&body);
+    for _ in 0..4 {
+        assert_eq!(get(addr, "/leak").unwrap().0, 200);
+    }
+    gw.wait_log("retiring (reload-on-rss", Duration::from_secs(10));
+    let (status, body) = get(addr, "/").unwrap();
+    assert_eq!(status, 200);
+    assert_ne!(pid_of(&body), first);
+}
+
+/// A bounded client loop on `clients` threads (new connection per request) for `secs`;
+/// returns (requests, failures, bodies seen).
+fn load(
+    addr: SocketAddr,
+    clients: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<(usize, Vec<String>)>> {
+    (0..clients)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut n, mut failures) = (0, Vec::new());
+                let mut last = String::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match get(addr, "/") {
+                        Ok((200, body)) => last = body,
+                        other => failures.push(format!("{other:?}")),
+                    }
+                    n += 1;
+                }
+                failures.push(format!("last={last}"));
+                (n, failures)
+            })
+        })
+        .collect()
+}
+
+fn reload_under_load(lazy: bool) {
+    let dir = testkit::temp_dir();
+    let addr = local();
+    let mut args = vec!["--processes", "2", "--threads", "2"];
+    if lazy {
+        args.push("--lazy-apps");
+    }
+    let gw = start(dir.path(), addr, &args);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = load(addr, 1, &stop);
+    clients.extend(load(addr, 16, &stop));
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(dir.path().join("app.py"), APP.replace("\"v1\"", "\"v2\"")).unwrap();
+    gw.signal("HUP");
+    std::thread::sleep(Duration::from_millis(1500));
+    gw.signal("HUP");
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for c in clients {
+        let (n, mut failures) = c.join().unwrap();
+        let last = failures.pop().unwrap();
+        assert!(
+            failures.is_empty(),
+            "failed requests during reloads: {failures:?}"
+        );
+        assert!(last.starts_with("last=v2"), "the new code serves: {last}");
+        total += n;
+    }
+    assert!(total > 50, "only {total} requests");
+    let log = gw.log();
+    assert_eq!(log.matches("SIGHUP: graceful reload").count(), 2, "{log}");
+    assert!(log.contains("retired (reload"), "{log}");
+}
+
+#[test]
+fn sighup_reloads_new_code_under_load_without_a_failed_request() {
+    reload_under_load(false);
+}
+
+#[test]
+fn sighup_with_lazy_apps_reloads_without_a_failed_request() {
+    reload_under_load(true);
+}
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish_and_vacuums() {
+    let dir = testkit::temp_dir();
+    let addr = local();
+    let sock = dir.path().join("app.sock");
+    let pidfile = dir.path().join("gw.pid");
+    let mut gw = start(
+        dir.path(),
+        addr,
+        &[
+            "--processes",
+            "2",
+            "--threads",
+            "2",
+            "--socket",
+            sock.to_str().unwrap(),
+            "--pidfile",
+            pidfile.to_str().unwrap(),
+            "--vacuum",
+        ],
+    );
+    assert!(sock.exists() && pidfile.exists());
+    let slow: Vec<_> = (0..3)
+        .map(|_| std::thread::spawn(move || get(addr, "/sleep?1.5")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    gw.signal("TERM");
+    for s in slow {
+        assert_eq!(s.join().unwrap().map(|r| r.0), Ok(200), "finished, not cut");
+    }
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .expect("the master exits");
+    assert!(status.success(), "{status}");
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    assert!(!sock.exists() && !pidfile.exists(), "--vacuum removed them");
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "nothing listens any more"
+    );
+}
+
+/// The voluntary context switches of each worker's accept thread.
+fn acceptor_wakeups(pids: &[u32]) -> Vec<u64> {
+    pids.iter()
+        .map(|pid| {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+            tasks
+                .filter_map(|t| {
+                    let t = t.ok()?.path();
+                    let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+                    (comm.trim() == "accept-0").then_some(())?;
+                    let status = std::fs::read_to_string(t.join("status")).ok()?;
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .next()
+                .unwrap_or_else(|| panic!("no accept thread in worker {pid}"))
+        })
+        .collect()
+}
+
+#[test]
+fn an_idle_request_wakes_one_worker_and_stats_show_it() {
+    let dir = testkit::temp_dir();
+    let (addr, st) = (local(), local());
+    let _gw = start(
+        dir.path(),
+        addr,
+        &["--processes", "4", "--stats", &st.to_string()],
+    );
+    let pids = worker_pids(st);
+    assert_eq!(pids.len(), 4);
+    std::thread::sleep(Duration::from_millis(300));
+    for round in 0..3 {
+        let before = acceptor_wakeups(&pids);
+        assert_eq!(get(addr, "/").unwrap().0, 200);
+        std::thread::sleep(Duration::from_millis(100));
+        let after = acceptor_wakeups(&pids);
+        let woken = before.iter().zip(&after).filter(|(b, a)| a > b).count();
+        assert_eq!(woken, 1, "round {round}: {before:?} -> {after:?}");
+    }
+    std::thread::sleep(Duration::from_millis(300)); // the workers report every 100 ms
+    let doc = stats(st);
+    let workers = doc["workers"].as_array().unwrap();
+    let served: u64 = workers
+        .iter()
+        .map(|w| w["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(served, 3, "{doc}");
+    assert!(
+        workers
+            .iter()
+            .all(|w| w["status"] == "idle" && w["rss"].as_u64().unwrap() > 0)
+    );
+}
+
+#[test]
+fn keep_alive_connections_spread_across_workers() {
+    let dir = testkit::temp_dir();
+    let addr = local();
+    let _gw = start(dir.path(), addr, &["--processes", "2", "--threads", "2"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut conns: Vec<TcpStream> = (0..32).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut count = std::collections::HashMap::<u32, usize>::new();
+    for c in &mut conns {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !raw.windows(4).any(|w| w == b"\r\n\r\n")
+            || testkit::HttpResponse::parse(&raw).body.len()
+                < testkit::HttpResponse::parse(&raw)
+                    .header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(usize::MAX)
+        {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early");
+            raw.extend_from_slice(&buf[..n]);
+        }
+        *count
+            .entry(pid_of(&testkit::HttpResponse::parse(&raw).text()))
+            .or_default() += 1;
+    }
+    eprintln!("connections per worker: {count:?}");
+    assert_eq!(count.len(), 2, "{count:?}");
+    // Spread by address hash: 16 each on average, fewer than 6 has odds near 1e-4.
+    assert!(count.values().all(|&n| n >= 6), "uneven: {count:?}");
+}
+
+#[test]
+fn daemonize_detaches_and_logs_to_the_file() {
+    let dir = testkit::temp_dir();
+    std::fs::write(dir.path().join("app.py"), APP).unwrap();
+    let addr = local();
+    let (log, pidfile) = (dir.path().join("daemon.log"), dir.path().join("gw.pid"));
+    let status = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "--http",
+            &addr.to_string(),
+            "--wsgi-file",
+            "app.py",
+            "--master",
+        ])
+        .args([
+            "--daemonize",
+            log.to_str().unwrap(),
+            "--pidfile",
+            pidfile.to_str().unwrap(),
+        ])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the command returns at once");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("WSGI app ready")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no start in the log"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let served = get(addr, "/");
+    testkit::signal(pid, "TERM");
+    assert_eq!(served.map(|r| r.0), Ok(200));
+    let start = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the daemon stops on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("GET / => 200") && text.contains("master stopped"),
+        "{text}"
+    );
+}
+
+#[test]
+fn py_autoreload_picks_up_a_changed_module() {
+    let dir = testkit::temp_dir();
+    let addr = local();
+    let gw = start(dir.path(), addr, &["--py-autoreload", "1"]);
+    assert!(get(addr, "/").unwrap().1.starts_with("v1"));
+    std::thread::sleep(Duration::from_millis(1100)); // a different mtime
+    std::fs::write(dir.path().join("app.py"), APP.replace("\"v1\"", "\"v2\"")).unwrap();
+    let start = Instant::now();
+    loop {
+        let (status, body) = get(addr, "/").expect("served throughout");
+        assert_eq!(status, 200);
+        if body.starts_with("v2") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "not reloaded:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        gw.log().contains("app.py changed, reloading"),
+        "{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn uid_and_gid_are_dropped_after_binding() {
+    if !nix_is_root() {
+        eprintln!("skipped: dropping privileges needs root");
+        return;
+    }
+    let dir = testkit::temp_dir();
+    let addr = local();
+    std::fs::write(
+        dir.path().join("who.py"),
+        "import os\ndef application(e, sr):\n    sr('200 OK', [])\n    return [('%d %d' % (os.getuid(), os.getgid())).encode()]\n",
+    )
+    .unwrap();
+    // The temp dir must be readable by nobody.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    for master in [false, true] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        cmd.args(["--http", &addr.to_string(), "--wsgi-file", "who.py"])
+            .args(["--uid", "nobody", "--gid", "nogroup"])
+            .current_dir(dir.path());
+        if master {
+            cmd.arg("--master");
+        }
+        let mut gw = Peer::spawn("gateway", cmd, Some(&dir.path().join("gw.log")));
+        gw.wait_tcp(addr, Duration::from_secs(20));
+        gw.wait_log("WSGI app ready", Duration::from_secs(20));
+        let (status, body) = get(addr, "/").unwrap();
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "65534 65534"),
+            "master={master}"
+        );
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        .unwrap_or(false)
+}
