@@ -2,16 +2,21 @@
 # Load benchmark: the gateway against uWSGI, gunicorn and granian (all from pip) in one run,
 # on loopback only, bounded in time. Not a test: it never fails on a timing.
 #
-#   bash benches/load/load.sh [SECONDS per run, default 5] [THREADS, default 2]
+#   bash benches/load/load.sh [SECONDS per run, default 5] [THREADS, default 2] [PROCESSES, default "1"]
 #
-# Each server runs one process with THREADS threads at its best documented settings
-# (uWSGI --http-socket with --http-keepalive, gunicorn's gthread worker, granian's WSGI
-# interface); wrk -t1 -c32 drives it. Printed: requests/s, p99 latency and the server's
-# RSS, with ratios against uWSGI.
+# For each process count N (e.g. "1 2 4"), each server runs N processes with THREADS
+# threads at its best documented settings (uWSGI --http-socket with --http-keepalive, and
+# --master --thunder-lock when N > 1; gunicorn's gthread worker; granian's WSGI interface;
+# the gateway with --processes N); wrk -t1 -c32 drives it. N = 1 runs every app; N > 1 runs
+# hello world and the Django pages. SERVERS="gateway granian" runs only those. Printed: requests/s, p99 latency, the summed RSS and
+# PSS of all the server's processes, with ratios against uWSGI; for N > 1 also how the
+# requests spread over the workers (from the stats servers of uWSGI and the gateway).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DUR=${1:-5}
 THREADS=${2:-2}
+PROCESSES=${3:-1}
+N=1
 HERE=benches/load
 DJSITE=wsgi-host/tests/apps/djsite
 command -v wrk >/dev/null || { echo "wrk is missing: bash scripts/install-deps.sh"; exit 1; }
@@ -20,7 +25,7 @@ GATEWAY=target/release/gateway
 PY=$(command -v python3)
 BIN=$(dirname "$(readlink -f "$(command -v python3)")")
 PYBIN=$("$PY" -c 'import sys,os;print(os.path.dirname(sys.executable))')
-PORT=$((20000 + RANDOM % 20000))
+PORT=$((20000 + RANDOM % 10000))   # below the ephemeral range; stats servers at PORT-10000
 OUT=$(mktemp -d)
 trap 'kill -KILL $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
 
@@ -29,11 +34,14 @@ start() { # name app-kind
   if curl -s -o /dev/null "http://$addr/"; then echo "port $PORT is taken"; return 1; fi
   if [ "$kind" = django ]; then dir=$DJSITE; mod=mysite.wsgi; file=$DJSITE/mysite/wsgi.py
   else dir=$HERE; mod=bench_app; file=$HERE/bench_app.py; fi
+  local multi=() stats=127.0.0.1:$((PORT - 10000))
   case $name in
-    gateway) (cd "$dir" && exec "$OLDPWD/$GATEWAY" --http-socket "$addr" --module "$mod" --threads "$THREADS" --disable-logging) ;;
-    uwsgi)   (cd "$dir" && exec "$PYBIN/uwsgi" --http-socket "$addr" --module "$mod" --threads "$THREADS" --processes 1 --http-keepalive --disable-logging --buffer-size 65535) ;;
-    gunicorn) (cd "$dir" && exec "$PYBIN/gunicorn" -b "$addr" -w 1 --threads "$THREADS" -k gthread --keep-alive 5 "$mod:application") ;;
-    granian) (cd "$dir" && exec "$PYBIN/granian" --interface wsgi --host 127.0.0.1 --port "$PORT" --workers 1 --blocking-threads "$THREADS" "$mod:application") ;;
+    gateway) [ "$N" -gt 1 ] && multi=(--processes "$N" --stats "$stats")
+             (cd "$dir" && exec "$OLDPWD/$GATEWAY" --http-socket "$addr" --module "$mod" --threads "$THREADS" --disable-logging "${multi[@]}") ;;
+    uwsgi)   [ "$N" -gt 1 ] && multi=(--master --thunder-lock --stats "$stats")
+             (cd "$dir" && exec "$PYBIN/uwsgi" --http-socket "$addr" --module "$mod" --threads "$THREADS" --processes "$N" --http-keepalive --disable-logging --buffer-size 65535 "${multi[@]}") ;;
+    gunicorn) (cd "$dir" && exec "$PYBIN/gunicorn" -b "$addr" -w "$N" --threads "$THREADS" -k gthread --keep-alive 5 "$mod:application") ;;
+    granian) (cd "$dir" && exec "$PYBIN/granian" --interface wsgi --host 127.0.0.1 --port "$PORT" --workers "$N" --blocking-threads "$THREADS" "$mod:application") ;;
   esac >"$OUT/$name.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 100); do
@@ -52,46 +60,80 @@ stop() { # SIGINT stops all four (SIGTERM makes uWSGI reload); SIGKILL what is l
   wait "$pid" 2>/dev/null || true
 }
 
-rss_kb() { # sum of RSS of a process and its children
-  local pids
-  pids=$(pgrep -P "$1" 2>/dev/null || true)
-  ps -o rss= -p "$1" $pids 2>/dev/null | awk '{s+=$1} END {print s+0}'
+tree() { # a process and all its descendants
+  local p
+  echo "$1"
+  for p in $(pgrep -P "$1" 2>/dev/null || true); do tree "$p"; done
+}
+
+mem_kb() { # "RSS PSS": sums over the process tree, in kB
+  local p rss=0 pss=0 r s
+  for p in $(tree "$1"); do
+    r=$(awk '/^Rss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)
+    s=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)
+    rss=$((rss + ${r:-0})); pss=$((pss + ${s:-0}))
+  done
+  echo "$rss $pss"
+}
+
+spread() { # "min/max" requests per worker, from a uWSGI-style stats server
+  python3 - "$1" <<'PY' 2>/dev/null || echo "-"
+import json, socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+s = socket.create_connection((host, int(port)), timeout=5)
+data = b""
+while True:
+    b = s.recv(65536)
+    if not b:
+        break
+    data += b
+reqs = sorted(w["requests"] for w in json.loads(data)["workers"])
+print("%d/%d" % (reqs[0], reqs[-1]))
+PY
 }
 
 run() { # server kind path [lua]
   local name=$1 kind=$2 path=$3 lua=${4:-}
   PORT=$((PORT + 1))
-  start "$name" "$kind" || { echo "$name $kind$path - - -" >>"$OUT/results"; return; }
+  start "$name" "$kind" || { echo "$N $name $kind$path - - - - -" >>"$OUT/results"; return; }
   local url="http://127.0.0.1:$PORT$path" args=(-t1 -c32 -d"${DUR}s" --latency)
   [ -n "$lua" ] && args+=(-s "$HERE/$lua")
   wrk -t1 -c8 -d1s ${lua:+-s "$HERE/$lua"} "$url" >/dev/null 2>&1 || true   # warm-up
-  local res rps p99 rss
+  local res rps p99 mem share=-
   res=$(wrk "${args[@]}" "$url" 2>&1)
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$res")
   p99=$(awk '$1=="99%" {print $2}' <<<"$res")
-  rss=$(rss_kb "$SERVER_PID")
+  mem=$(mem_kb "$SERVER_PID")
+  if [ "$N" -gt 1 ] && { [ "$name" = gateway ] || [ "$name" = uwsgi ]; }; then
+    share=$(spread "127.0.0.1:$((PORT - 10000))")
+  fi
   stop "$SERVER_PID"
-  echo "$name $kind$path ${rps:-0} ${p99:-?} $rss" >>"$OUT/results"
+  echo "$N $name $kind$path ${rps:-0} ${p99:-?} $mem $share" >>"$OUT/results"
 }
 
-for case in "app /hello" "app /echo post64k.lua" "app /stream" "django /" "django /items/"; do
-  set -- $case
-  for server in uwsgi gateway gunicorn granian; do
-    run "$server" "$1" "$2" "${3:-}"
+for N in $PROCESSES; do
+  if [ "$N" -gt 1 ]; then cases=("app /hello" "django /" "django /items/")
+  else cases=("app /hello" "app /echo post64k.lua" "app /stream" "django /" "django /items/"); fi
+  for case in "${cases[@]}"; do
+    set -- $case
+    for server in ${SERVERS:-uwsgi gateway gunicorn granian}; do
+      run "$server" "$1" "$2" "${3:-}"
+    done
   done
 done
 
 echo
-echo "wrk -t1 -c32 -d${DUR}s, one process, $THREADS threads each; ratios against uWSGI"
-printf '%-18s %-9s %12s %8s %10s %8s %9s\n' case server "req/s" "x uWSGI" "p99" "RSS MB" "x uWSGI"
+echo "wrk -t1 -c32 -d${DUR}s, $THREADS threads per process; ratios against uWSGI; memory summed over all processes"
+printf '%-5s %-16s %-9s %10s %8s %9s %8s %8s %8s %9s\n' procs case server "req/s" "x uWSGI" "p99" "RSS MB" "PSS MB" "x uWSGI" "min/max"
 awk '
-  { name=$1; c=$2; rps[c,name]=$3; p99[c,name]=$4; rss[c,name]=$5; if (!(c in seen)) { seen[c]=1; order[++n]=c } }
+  { n=$1; name=$2; c=n " " $3; rps[c,name]=$4; p99[c,name]=$5; rss[c,name]=$6; pss[c,name]=$7; sh[c,name]=$8
+    if (!(c in seen)) { seen[c]=1; order[++k]=c } }
   END {
     split("uwsgi gateway gunicorn granian", servers, " ")
-    for (i=1; i<=n; i++) { c=order[i]
+    for (i=1; i<=k; i++) { c=order[i]; split(c, parts, " ")
       for (j=1; j<=4; j++) { s=servers[j]
-        base=rps[c,"uwsgi"]+0; r=rps[c,s]+0; m=rss[c,s]/1024; bm=rss[c,"uwsgi"]/1024
-        printf "%-18s %-9s %12.0f %8s %10s %8.1f %9s\n", c, s, r, (base>0?sprintf("%.2f",r/base):"-"), p99[c,s], m, (bm>0?sprintf("%.2f",m/bm):"-")
+        base=rps[c,"uwsgi"]+0; r=rps[c,s]+0; m=rss[c,s]/1024; p=pss[c,s]/1024; bp=pss[c,"uwsgi"]/1024
+        printf "%-5s %-16s %-9s %10.0f %8s %9s %8.1f %8.1f %8s %9s\n", parts[1], parts[2], s, r, (base>0?sprintf("%.2f",r/base):"-"), p99[c,s], m, p, (bp>0?sprintf("%.2f",p/bp):"-"), sh[c,s]
       }
     }
   }' "$OUT/results"

@@ -75,16 +75,6 @@ pub(crate) fn host_options(o: &Options) -> HostOptions {
     }
 }
 
-/// Options this version parses but does not act on yet: said at start-up, never silently
-/// ignored.
-fn not_yet(o: &Options) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    if o.py_autoreload.is_some_and(|n| n > 0) && !crate::process::wants_master(o) {
-        v.push("--py-autoreload");
-    }
-    v
-}
-
 /// Drops root privileges after binding, as uWSGI's `--uid`/`--gid`.
 pub(crate) fn drop_privileges(o: &Options) -> anyhow::Result<()> {
     use nix::unistd::{Gid, Group, Uid, User, setgid, setgroups, setuid};
@@ -259,9 +249,6 @@ impl Stack {
 /// SIGINT/SIGTERM, then stops gracefully (requests in flight finish, up to
 /// `--worker-reload-mercy`).
 pub async fn run(o: Options) -> anyhow::Result<()> {
-    for name in not_yet(&o) {
-        tracing::warn!("{name} is accepted but only acts with a master (--master)");
-    }
     let addrs = listen_addrs(&o)?;
     // Bind first (clear errors before the app loads), then load the app.
     let mut listeners = Vec::new();

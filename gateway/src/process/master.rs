@@ -111,7 +111,8 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let mut inherited = inherited;
     let mut listeners = Vec::new();
     for (addr, proto) in listen_addrs(o)? {
-        // TCP: one SO_REUSEPORT member per worker slot; unix: one socket for all.
+        // TCP: one SO_REUSEPORT member per worker slot (always in a group, so a reload
+        // with more processes can add members); unix: one socket for all.
         let members = match addr {
             ListenAddr::Tcp(_) => processes,
             ListenAddr::Unix(_) => 1,
@@ -128,8 +129,8 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
                     }
                 }
                 None => match &addr {
-                    ListenAddr::Tcp(a) if members > 1 => listen::bind_tcp_shared(*a),
-                    _ => listen::bind_std(&addr, o.chmod_socket.as_deref()),
+                    ListenAddr::Tcp(a) => listen::bind_tcp_shared(*a),
+                    ListenAddr::Unix(_) => listen::bind_std(&addr, o.chmod_socket.as_deref()),
                 }
                 .with_context(|| format!("binding {addr}"))?,
             };

@@ -88,7 +88,12 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
             WsgiHost::start(&spec, crate::server::host_options(o))?
         }
     };
+    // The cores are shared by the workers: a runtime thread per core each would have
+    // 2N threads fight for N cores.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let processes = o.processes.unwrap_or(1).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads((cores / processes).max(1))
         .enable_all()
         .build()?;
     let stack = Stack::new(o, host)?;
