@@ -15,7 +15,9 @@
 pub mod config;
 pub mod handler;
 pub mod listen;
+pub mod pass;
 pub mod process;
 mod server;
+pub mod upstream;
 
 pub use server::run;

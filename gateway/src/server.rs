@@ -13,13 +13,15 @@ use wsgi_host::{AppSpec, HostOptions, WsgiHost, WsgiService};
 
 use crate::config::Options;
 use crate::handler::{StaticFiles, StaticMap};
-use crate::listen::http::HttpApp;
+use crate::listen::http::{Backend, HttpApp};
 use crate::listen::{self, ListenAddr, Listener};
 
 /// The protocol a listener speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Proto {
     Http,
+    /// `--http` with `--http-to`: a front passing to a pool of uwsgi backends.
+    HttpFront,
     Uwsgi,
     FastCgi,
     Scgi,
@@ -47,8 +49,13 @@ pub(crate) fn app_spec(o: &Options) -> anyhow::Result<AppSpec> {
 /// Every listen address of the options, with its protocol.
 pub(crate) fn listen_addrs(o: &Options) -> anyhow::Result<Vec<(ListenAddr, Proto)>> {
     let mut addrs = Vec::new();
+    let front = if o.http_to.is_empty() {
+        Proto::Http
+    } else {
+        Proto::HttpFront
+    };
     for (list, proto) in [
-        (&o.http, Proto::Http),
+        (&o.http, front),
         (&o.http_socket, Proto::Http),
         (&o.socket, Proto::Uwsgi),
         (&o.fastcgi_socket, Proto::FastCgi),
@@ -64,6 +71,30 @@ pub(crate) fn listen_addrs(o: &Options) -> anyhow::Result<Vec<(ListenAddr, Proto
         );
     }
     Ok(addrs)
+}
+
+/// Whether any listener serves the app in this process (a pure `--http-to` front does not
+/// load Python).
+pub(crate) fn needs_app(o: &Options) -> bool {
+    listen_addrs(o).is_ok_and(|a| a.iter().any(|(_, p)| *p != Proto::HttpFront))
+}
+
+/// The `--http-to` pool: uwsgi backends, round robin.
+fn front(o: &Options) -> anyhow::Result<Option<Arc<crate::pass::Pass>>> {
+    use crate::upstream::{Policy, ServerSpec, Upstream};
+    if o.http_to.is_empty() {
+        return Ok(None);
+    }
+    let servers = o
+        .http_to
+        .iter()
+        .map(|a| ServerSpec::parse(a).with_context(|| format!("--http-to {a}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pool = Upstream::new("http-to", servers, Policy::RoundRobin);
+    Ok(Some(Arc::new(
+        crate::pass::Pass::new(Arc::new(pool), crate::pass::Protocol::Uwsgi)
+            .buffer_size(o.buffer_size),
+    )))
 }
 
 pub(crate) fn host_options(o: &Options) -> HostOptions {
@@ -128,24 +159,37 @@ pub(crate) enum Conn {
 #[derive(Debug)]
 pub(crate) struct Stack {
     settings: Settings,
-    host: WsgiHost,
-    app: Arc<HttpApp>,
+    host: Option<WsgiHost>,
+    app: Option<Arc<HttpApp>>,
+    front: Option<Arc<HttpApp>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
 
 impl Stack {
-    pub(crate) fn new(o: &Options, host: WsgiHost) -> anyhow::Result<Arc<Self>> {
+    pub(crate) fn new(o: &Options, host: Option<WsgiHost>) -> anyhow::Result<Arc<Self>> {
         let statics = o
             .static_map
             .iter()
             .map(|m| StaticMap::parse(m))
             .collect::<Result<Vec<_>, _>>()
             .map_err(anyhow::Error::msg)?;
-        let app = Arc::new(HttpApp {
-            wsgi: WsgiService::new(host.clone()).post_buffering(o.post_buffering),
-            statics: Arc::new(StaticFiles::new(statics)),
-            limit_post: o.limit_post,
+        let statics = Arc::new(StaticFiles::new(statics));
+        let app = host.as_ref().map(|host| {
+            Arc::new(HttpApp {
+                backend: Backend::Wsgi(
+                    WsgiService::new(host.clone()).post_buffering(o.post_buffering),
+                ),
+                statics: statics.clone(),
+                limit_post: o.limit_post,
+            })
+        });
+        let front = front(o)?.map(|pass| {
+            Arc::new(HttpApp {
+                backend: Backend::Pass(pass),
+                statics,
+                limit_post: o.limit_post,
+            })
         });
         Ok(Arc::new(Self {
             settings: Settings {
@@ -158,14 +202,15 @@ impl Stack {
             },
             host,
             app,
+            front,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         }))
     }
 
-    /// The WSGI host.
-    pub(crate) fn host(&self) -> &WsgiHost {
-        &self.host
+    /// The WSGI host, if this process runs the app.
+    pub(crate) fn host(&self) -> Option<&WsgiHost> {
+        self.host.as_ref()
     }
 
     /// Serves an accepted connection on `rt` (tracked for the graceful stop).
@@ -176,11 +221,12 @@ impl Stack {
                 match conn {
                     Conn::Tcp(s, peer) => {
                         let _ = s.set_nodelay(true);
+                        let local = s.local_addr().ok();
                         match s
                             .set_nonblocking(true)
                             .and_then(|()| tokio::net::TcpStream::from_std(s))
                         {
-                            Ok(s) => stack.serve(s, Some(peer), proto).await,
+                            Ok(s) => stack.serve(s, Some(peer), local, proto).await,
                             Err(e) => tracing::warn!("accepted connection: {e}"),
                         }
                     }
@@ -188,7 +234,7 @@ impl Stack {
                         .set_nonblocking(true)
                         .and_then(|()| tokio::net::UnixStream::from_std(s))
                     {
-                        Ok(s) => stack.serve(s, None, proto).await,
+                        Ok(s) => stack.serve(s, None, None, proto).await,
                         Err(e) => tracing::warn!("accepted connection: {e}"),
                     },
                 }
@@ -198,16 +244,30 @@ impl Stack {
     }
 
     /// Serves one connection with its listener's protocol.
-    async fn serve<S>(&self, s: S, peer: Option<SocketAddr>, proto: Proto)
-    where
+    async fn serve<S>(
+        &self,
+        s: S,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+        proto: Proto,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let c = &self.settings;
-        let host = &self.host;
+        let http = match proto {
+            Proto::HttpFront => self.front.as_ref(),
+            _ => self.app.as_ref(),
+        };
+        if let (Proto::Http | Proto::HttpFront, Some(app)) = (proto, http) {
+            listen::http::serve_connection_until(s, peer, local, app, &self.shutdown).await;
+            return;
+        }
+        let Some(host) = &self.host else {
+            tracing::error!("{proto:?} connection without an app in this process: closed");
+            return;
+        };
         match proto {
-            Proto::Http => {
-                listen::http::serve_connection_until(s, peer, &self.app, &self.shutdown).await;
-            }
+            Proto::Http | Proto::HttpFront => {}
             Proto::Uwsgi => {
                 listen::uwsgi::serve_connection(s, c.limits, c.head_timeout, host).await;
             }
@@ -260,10 +320,16 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         listeners.push((l, *proto));
     }
     drop_privileges(&o)?;
-    let spec = app_spec(&o)?;
-    let opts = host_options(&o);
-    let host = tokio::task::spawn_blocking(move || WsgiHost::start(&spec, opts)).await??;
-    tracing::info!("WSGI app ready");
+    let host = if needs_app(&o) {
+        let spec = app_spec(&o)?;
+        let opts = host_options(&o);
+        let host = tokio::task::spawn_blocking(move || WsgiHost::start(&spec, opts)).await??;
+        tracing::info!("WSGI app ready");
+        Some(host)
+    } else {
+        tracing::info!("front only: passing to {}", o.http_to.join(", "));
+        None
+    };
     let stack = Stack::new(&o, host)?;
     let rt = tokio::runtime::Handle::current();
     let mut unix_paths = Vec::new();

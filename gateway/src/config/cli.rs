@@ -19,6 +19,10 @@ pub struct Options {
     /// HTTP/1.1 front (serves the app and the static maps).
     #[arg(long, value_name = "ADDR")]
     pub http: Vec<String>,
+    /// Make `--http` a front that passes requests over the uwsgi protocol to this backend
+    /// (several: round robin), as uWSGI's HTTP router does.
+    #[arg(long, value_name = "ADDR")]
+    pub http_to: Vec<String>,
     /// HTTP/1.1 straight to the workers.
     #[arg(long, value_name = "ADDR")]
     pub http_socket: Vec<String>,

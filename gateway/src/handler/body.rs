@@ -21,6 +21,8 @@ pub enum Body {
     },
     /// All of it at once (or nothing).
     Full(Option<Bytes>),
+    /// A backend's response (a pass handler).
+    Pass(crate::pass::PassBody),
 }
 
 impl Body {
@@ -85,6 +87,15 @@ impl http_body::Body for Body {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            Self::Pass(p) => match p.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(b))) => {
+                    p.length = p.length.map(|n| n.saturating_sub(b.len() as u64));
+                    Poll::Ready(Some(Ok(Frame::data(b))))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 
@@ -93,6 +104,7 @@ impl http_body::Body for Body {
             Self::Wsgi(b) => b.is_end_stream(),
             Self::Full(b) => b.is_none(),
             Self::File { left, .. } => *left == 0,
+            Self::Pass(p) => p.length == Some(0),
         }
     }
 
@@ -101,6 +113,9 @@ impl http_body::Body for Body {
             Self::Wsgi(b) => b.size_hint(),
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Self::File { left, .. } => SizeHint::with_exact(*left),
+            Self::Pass(p) => p
+                .length
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
         }
     }
 }

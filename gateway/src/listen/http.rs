@@ -17,11 +17,20 @@ use wsgi_host::WsgiService;
 
 use crate::handler::{Body, StaticFiles};
 
+/// What answers the requests the static maps do not.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// A WSGI app in this process.
+    Wsgi(WsgiService),
+    /// A pool of backends (uWSGI's `--http-to`, nginx's `uwsgi_pass`).
+    Pass(Arc<crate::pass::Pass>),
+}
+
 /// What an HTTP listener serves.
 #[derive(Debug, Clone)]
 pub struct HttpApp {
-    /// The WSGI app.
-    pub wsgi: WsgiService,
+    /// The app or the backends.
+    pub backend: Backend,
     /// Static maps, looked at first.
     pub statics: Arc<StaticFiles>,
     /// The largest body accepted (`--limit-post`): 413 before reading it.
@@ -31,6 +40,7 @@ pub struct HttpApp {
 struct PerConnection {
     app: HttpApp,
     peer: Option<SocketAddr>,
+    local: Option<SocketAddr>,
     /// Set (and notified) when the first request arrives.
     first: Arc<(AtomicBool, Notify)>,
 }
@@ -62,6 +72,11 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
             req.extensions_mut().insert(peer);
         }
         let app = self.app.clone();
+        let conn = crate::pass::ConnInfo {
+            peer: self.peer,
+            local: self.local,
+            https: false,
+        };
         Box::pin(async move {
             let start = Instant::now();
             let logged = tracing::enabled!(target: "access", tracing::Level::INFO);
@@ -88,9 +103,14 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
                     "Request Entity Too Large\n",
                 )
             } else {
-                let mut svc = app.wsgi.clone();
-                let r = tower_service::Service::call(&mut svc, req).await?;
-                r.map(Body::Wsgi)
+                match &app.backend {
+                    Backend::Wsgi(wsgi) => {
+                        let mut svc = wsgi.clone();
+                        let r = tower_service::Service::call(&mut svc, req).await?;
+                        r.map(Body::Wsgi)
+                    }
+                    Backend::Pass(pass) => pass.handle(req, &conn).await,
+                }
             };
             if logged {
                 tracing::info!(target: "access", "{method} {target} => {}, in {} ms (http)", response.status().as_u16(), start.elapsed().as_millis());
@@ -105,15 +125,17 @@ pub async fn serve_connection<S>(io: S, peer: Option<SocketAddr>, app: &HttpApp)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    serve_connection_until(io, peer, app, &CancellationToken::new()).await;
+    serve_connection_until(io, peer, None, app, &CancellationToken::new()).await;
 }
 
-/// Serves one HTTP/1.1 connection until `shutdown` is cancelled: then the request in
+/// Serves one HTTP/1.1 connection (`local`: our address, for SERVER_PORT when passing to
+/// backends) until `shutdown` is cancelled: then the request in
 /// flight (if any) completes with `Connection: close` and the connection ends (a graceful
 /// stop never cuts a request that was accepted).
 pub async fn serve_connection_until<S>(
     io: S,
     peer: Option<SocketAddr>,
+    local: Option<SocketAddr>,
     app: &HttpApp,
     shutdown: &CancellationToken,
 ) where
@@ -130,6 +152,7 @@ pub async fn serve_connection_until<S>(
             PerConnection {
                 app: app.clone(),
                 peer,
+                local,
                 first: first.clone(),
             },
         );

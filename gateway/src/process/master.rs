@@ -167,7 +167,7 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     }
 
     let mut can_spawn = true;
-    let app = if o.lazy_apps {
+    let app = if o.lazy_apps || !crate::server::needs_app(o) {
         None
     } else {
         match app_spec(o)?.load() {

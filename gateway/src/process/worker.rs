@@ -81,12 +81,13 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
     let host = match app {
         Some(app) => {
             let app = Python::attach(|py| app.clone_ref(py));
-            WsgiHost::from_callable(app, crate::server::host_options(o))
+            Some(WsgiHost::from_callable(app, crate::server::host_options(o)))
         }
-        None => {
+        None if crate::server::needs_app(o) => {
             let spec = crate::server::app_spec(o)?;
-            WsgiHost::start(&spec, crate::server::host_options(o))?
+            Some(WsgiHost::start(&spec, crate::server::host_options(o))?)
         }
+        None => None,
     };
     // The cores are shared by the workers: a runtime thread per core each would have
     // 2N threads fight for N cores.
@@ -228,7 +229,7 @@ fn report_loop(
     let mut asked = false;
     while !acceptors.stop.load(Ordering::SeqCst) || !asked {
         std::thread::sleep(Duration::from_millis(10));
-        let s = stack.host().stats();
+        let s = stack.host().map(WsgiHost::stats).unwrap_or_default();
         if last != Some(s) {
             send(&format!("{} {} {}", msg::STAT, s.requests, s.busy));
             last = Some(s);

@@ -1,0 +1,589 @@
+//! Pass handlers: nginx's `uwsgi_pass` and `scgi_pass` (and uWSGI's `--http-to`), the
+//! front's side of the gateway protocols, over an [`Upstream`] pool.
+//!
+//! A request's body is read whole first (in memory up to a threshold, then in a temporary
+//! file), as nginx's request buffering does, so a slow upload never holds a backend
+//! worker; the CGI env is built as the stock `*_params` files build it, with overrides;
+//! connection failures (and, for methods safe to repeat, failures before the response
+//! head) are retried on the next server; the response streams to the client through a
+//! bounded buffer, so the backend is released once the response fits in it.
+//!
+//! ```no_run
+//! # async fn demo(req: http::Request<hyper::body::Incoming>) {
+//! use std::sync::Arc;
+//! use gateway::pass::{Pass, Protocol};
+//! use gateway::upstream::{Policy, ServerSpec, Upstream};
+//! let pool = Upstream::new("django", vec![ServerSpec::parse("unix:/run/app.sock").unwrap()], Policy::RoundRobin);
+//! let pass = Pass::new(Arc::new(pool), Protocol::Uwsgi);
+//! let response = pass.handle(req, &Default::default()).await;
+//! # let _ = response;
+//! # }
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use cgi_family::{EnvBuilder, Flavor, HeadOptions, RequestHead, ResponseHeadDecoder};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::handler::Body;
+use crate::listen::ListenAddr;
+use crate::upstream::{PickContext, Upstream};
+
+/// The protocol spoken to the backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// `uwsgi_pass`: one request per connection, a raw HTTP response.
+    Uwsgi,
+    /// `scgi_pass`: one request per connection, a CGI response.
+    Scgi,
+}
+
+/// The connection a request came on.
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo {
+    /// The client.
+    pub peer: Option<SocketAddr>,
+    /// Our side.
+    pub local: Option<SocketAddr>,
+    /// Whether it is TLS.
+    pub https: bool,
+}
+
+/// Timeouts, as nginx's `*_connect_timeout`, `*_send_timeout`, `*_read_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Establishing the connection (default 60 s; a failure is retried on the next server).
+    pub connect: Duration,
+    /// Between two successful writes to the backend (default 60 s).
+    pub send: Duration,
+    /// Between two successful reads from the backend (default 60 s; 504 before the head).
+    pub read: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        let minute = Duration::from_secs(60);
+        Self {
+            connect: minute,
+            send: minute,
+            read: minute,
+        }
+    }
+}
+
+/// A pass handler.
+#[derive(Debug)]
+pub struct Pass {
+    upstream: Arc<Upstream>,
+    protocol: Protocol,
+    params: Vec<(Bytes, Bytes)>,
+    timeouts: Timeouts,
+    body_in_memory: usize,
+    response_buffer: usize,
+    buffer_size: usize,
+}
+
+/// Why a try on one server failed.
+#[derive(Debug, thiserror::Error)]
+enum TryError {
+    /// Nothing was sent: any request may go to the next server.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// The request was sent, no response head came back (or a bad one).
+    #[error("{0}")]
+    Upstream(String),
+    /// The backend did not answer in time.
+    #[error("no response head in time")]
+    Timeout,
+}
+
+fn plain(status: http::StatusCode, text: &'static str) -> http::Response<Body> {
+    let mut r = http::Response::new(Body::full(text));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+/// Hop-by-hop headers a backend's response must not pass on.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// A request body read whole: in memory, or spooled to an (unlinked) temporary file.
+#[derive(Debug)]
+enum Spooled {
+    Memory(Bytes),
+    File(std::fs::File, u64),
+}
+
+impl Spooled {
+    fn len(&self) -> u64 {
+        match self {
+            Self::Memory(b) => b.len() as u64,
+            Self::File(_, n) => *n,
+        }
+    }
+}
+
+/// Something to connect to a backend over.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+impl Pass {
+    /// Passes to `upstream` with `protocol`, nginx's defaults otherwise.
+    pub fn new(upstream: Arc<Upstream>, protocol: Protocol) -> Self {
+        Self {
+            upstream,
+            protocol,
+            params: Vec::new(),
+            timeouts: Timeouts::default(),
+            body_in_memory: 1 << 20,
+            response_buffer: 1 << 20,
+            buffer_size: 65535,
+        }
+    }
+
+    /// `uwsgi_param NAME VALUE` / `scgi_param`: set after the stock params (replacing a
+    /// variable of the same name).
+    pub fn param(mut self, name: impl Into<Bytes>, value: impl Into<Bytes>) -> Self {
+        self.params.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the timeouts.
+    pub fn timeouts(mut self, t: Timeouts) -> Self {
+        self.timeouts = t;
+        self
+    }
+
+    /// Request bodies up to this many bytes stay in memory; larger ones are spooled to a
+    /// temporary file (default 1 MiB).
+    pub fn body_in_memory(mut self, bytes: usize) -> Self {
+        self.body_in_memory = bytes;
+        self
+    }
+
+    /// How much of a response is read ahead of a slow client (default 1 MiB): a response
+    /// that fits releases the backend at once.
+    pub fn response_buffer(mut self, bytes: usize) -> Self {
+        self.response_buffer = bytes.max(64 * 1024);
+        self
+    }
+
+    /// The largest uwsgi vars block sent (default 65535).
+    pub fn buffer_size(mut self, bytes: usize) -> Self {
+        self.buffer_size = bytes;
+        self
+    }
+
+    /// The pool.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
+    /// Answers `req` through a backend: 502 when no backend can be reached or one sends
+    /// garbage, 504 when it does not answer in time, 400 for a body that cannot be read.
+    pub async fn handle<B>(&self, req: http::Request<B>, conn: &ConnInfo) -> http::Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let (parts, body) = req.into_parts();
+        let body = match self.spool(body).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("reading the request body: {e}");
+                return plain(http::StatusCode::BAD_REQUEST, "Bad Request\n");
+            }
+        };
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
+        let mut head = RequestHead::new(
+            parts.method.as_str().to_owned(),
+            target,
+            version(parts.version),
+        );
+        for (name, value) in &parts.headers {
+            head.push_header(
+                name.as_str().to_owned(),
+                Bytes::copy_from_slice(value.as_bytes()),
+            );
+        }
+        let flavor = match self.protocol {
+            Protocol::Uwsgi => Flavor::Uwsgi,
+            Protocol::Scgi => Flavor::Scgi,
+        };
+        let mut builder = EnvBuilder::new(flavor)
+            .https(conn.https)
+            .content_length(Some(body.len()).filter(|&n| n > 0 || has_body(&parts)));
+        if let Some(p) = conn.peer {
+            builder = builder.peer(p);
+        }
+        if let Some(l) = conn.local {
+            builder = builder.local(l);
+        }
+        if let Some(host) = parts.headers.get(http::header::HOST) {
+            let name = host_without_port(host.as_bytes());
+            builder = builder.server_name(Bytes::copy_from_slice(name));
+        }
+        let mut env = match builder.build(&head) {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::warn!("{e}");
+                return plain(http::StatusCode::BAD_REQUEST, "Bad Request\n");
+            }
+        };
+        for (k, v) in &self.params {
+            env.set(k.clone(), v.clone());
+        }
+        let mut request = BytesMut::new();
+        let encoded = match self.protocol {
+            Protocol::Uwsgi => env
+                .encode_uwsgi(
+                    uwsgi_proto::Modifier1::WSGI,
+                    uwsgi_proto::Modifier2::ZERO,
+                    self.buffer_size,
+                    &mut request,
+                )
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Protocol::Scgi => cgi_family::scgi::encode_request(&env, &mut request)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = encoded {
+            tracing::error!("the request does not fit the protocol: {e}");
+            return plain(
+                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "Request Header Fields Too Large\n",
+            );
+        }
+        let request = request.freeze();
+        let idempotent = matches!(
+            parts.method,
+            http::Method::GET
+                | http::Method::HEAD
+                | http::Method::OPTIONS
+                | http::Method::PUT
+                | http::Method::DELETE
+                | http::Method::TRACE
+        );
+        let ctx = PickContext {
+            client: conn.peer.map(|p| p.ip()),
+            key: Some(head.target()),
+            sticky: None,
+        };
+        let mut tried = Vec::new();
+        loop {
+            let Some(pick) = self.upstream.pick(&ctx, &tried) else {
+                tracing::error!(
+                    "upstream {}: no server available for {} {}",
+                    self.upstream.name(),
+                    parts.method,
+                    parts.uri
+                );
+                return plain(http::StatusCode::BAD_GATEWAY, "Bad Gateway\n");
+            };
+            tried.push(pick.index);
+            let started = Instant::now();
+            match self.try_one(&pick.addr, &request, &body).await {
+                Ok(response) => {
+                    self.upstream.report(pick.index, true);
+                    tracing::debug!("upstream {} answered in {:?}", pick.addr, started.elapsed());
+                    // The pick (least_conn's count) lasts until the body is read.
+                    return response.map(|mut b| {
+                        b.pick = Some(pick);
+                        Body::Pass(b)
+                    });
+                }
+                Err(e) => {
+                    self.upstream.report(pick.index, false);
+                    let again = match &e {
+                        TryError::Connect(_) => true,
+                        TryError::Upstream(_) | TryError::Timeout => idempotent,
+                    };
+                    tracing::error!(
+                        "upstream {} ({}) for {} {}: {e}{}",
+                        self.upstream.name(),
+                        pick.addr,
+                        parts.method,
+                        parts.uri,
+                        if again {
+                            "; trying the next server"
+                        } else {
+                            ""
+                        }
+                    );
+                    if !again {
+                        return match e {
+                            TryError::Timeout => {
+                                plain(http::StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n")
+                            }
+                            _ => plain(http::StatusCode::BAD_GATEWAY, "Bad Gateway\n"),
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the whole body: in memory up to the threshold, then into a temporary file.
+    async fn spool<B>(&self, mut body: B) -> Result<Spooled, String>
+    where
+        B: http_body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let mut mem = BytesMut::new();
+        let mut file: Option<(tokio::fs::File, u64)> = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if let Some((f, n)) = file.as_mut() {
+                f.write_all(&data).await.map_err(|e| e.to_string())?;
+                *n += data.len() as u64;
+            } else if mem.len() + data.len() > self.body_in_memory {
+                let mut f = tokio::fs::File::from_std(
+                    tempfile::tempfile().map_err(|e| format!("spooling the body: {e}"))?,
+                );
+                f.write_all(&mem).await.map_err(|e| e.to_string())?;
+                f.write_all(&data).await.map_err(|e| e.to_string())?;
+                file = Some((f, (mem.len() + data.len()) as u64));
+                mem = BytesMut::new();
+            } else {
+                mem.extend_from_slice(&data);
+            }
+        }
+        Ok(match file {
+            Some((f, n)) => {
+                let f = f.into_std().await;
+                Spooled::File(f, n)
+            }
+            None => Spooled::Memory(mem.freeze()),
+        })
+    }
+
+    async fn connect(&self, addr: &ListenAddr) -> Result<Box<dyn Stream>, TryError> {
+        let connect = async {
+            Ok::<Box<dyn Stream>, std::io::Error>(match addr {
+                ListenAddr::Tcp(a) => {
+                    let s = tokio::net::TcpStream::connect(a).await?;
+                    let _ = s.set_nodelay(true);
+                    Box::new(s)
+                }
+                ListenAddr::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await?),
+            })
+        };
+        match tokio::time::timeout(self.timeouts.connect, connect).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(TryError::Connect(e.to_string())),
+            Err(_) => Err(TryError::Connect("connect timed out".into())),
+        }
+    }
+
+    async fn send_body(&self, s: &mut Box<dyn Stream>, body: &Spooled) -> std::io::Result<()> {
+        let send = self.timeouts.send;
+        let timed = |r: Result<std::io::Result<()>, tokio::time::error::Elapsed>| {
+            r.unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "send timed out",
+                ))
+            })
+        };
+        match body {
+            Spooled::Memory(b) => timed(tokio::time::timeout(send, s.write_all(b)).await),
+            Spooled::File(f, len) => {
+                let mut at = 0;
+                while at < *len {
+                    let f = f.try_clone()?;
+                    let want = usize::try_from(*len - at).map_or(256 * 1024, |n| n.min(256 * 1024));
+                    let block = tokio::task::spawn_blocking(move || {
+                        use std::os::unix::fs::FileExt;
+                        let mut buf = vec![0u8; want];
+                        f.read_exact_at(&mut buf, at).map(|()| buf)
+                    })
+                    .await
+                    .map_err(std::io::Error::other)??;
+                    at += block.len() as u64;
+                    timed(tokio::time::timeout(send, s.write_all(&block)).await)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn try_one(
+        &self,
+        addr: &ListenAddr,
+        request: &Bytes,
+        body: &Spooled,
+    ) -> Result<http::Response<PassBody>, TryError> {
+        let mut s = self.connect(addr).await?;
+        let sent = async {
+            tokio::time::timeout(self.timeouts.send, s.write_all(request))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "send timed out")
+                })??;
+            self.send_body(&mut s, body).await
+        };
+        if let Err(e) = sent.await {
+            return Err(TryError::Upstream(format!("sending the request: {e}")));
+        }
+        // The response head.
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        let mut decoder = ResponseHeadDecoder::new(HeadOptions::default());
+        let head = loop {
+            match decoder.decode(&buf) {
+                Ok(Some(h)) => break h,
+                Ok(None) => {}
+                Err(e) => return Err(TryError::Upstream(format!("bad response head: {e}"))),
+            }
+            buf.reserve(16 * 1024);
+            match tokio::time::timeout(self.timeouts.read, s.read_buf(&mut buf)).await {
+                Err(_) => return Err(TryError::Timeout),
+                Ok(Err(e)) => return Err(TryError::Upstream(format!("reading: {e}"))),
+                Ok(Ok(0)) => {
+                    return Err(TryError::Upstream(
+                        "closed before a whole response head".into(),
+                    ));
+                }
+                Ok(Ok(_)) => {}
+            }
+        };
+        let (cgi, used) = head;
+        let _ = buf.split_to(used);
+        let mut response = http::Response::builder().status(
+            http::StatusCode::from_u16(cgi.status)
+                .map_err(|_| TryError::Upstream(format!("bad status {}", cgi.status)))?,
+        );
+        let mut length = None;
+        for (k, v) in &cgi.headers {
+            let Ok(name) = http::HeaderName::from_bytes(k) else {
+                continue;
+            };
+            if HOP_BY_HOP.contains(&name.as_str()) {
+                continue;
+            }
+            if name == http::header::CONTENT_LENGTH {
+                length = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+            }
+            if let Ok(value) = http::HeaderValue::from_bytes(v) {
+                response = response.header(name, value);
+            }
+        }
+        // The body streams through a bounded buffer: a response that fits releases the
+        // backend at once; a slow client holds it only for the rest.
+        let blocks = (self.response_buffer / (64 * 1024)).max(1);
+        let (tx, rx) = mpsc::channel(blocks);
+        let read = self.timeouts.read;
+        tokio::spawn(async move {
+            let mut left = length;
+            if !buf.is_empty() {
+                let first = buf.split().freeze();
+                left = left.map(|n| n.saturating_sub(first.len() as u64));
+                if tx.send(Ok(first)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                if left == Some(0) {
+                    return;
+                }
+                let mut block = BytesMut::with_capacity(64 * 1024);
+                match tokio::time::timeout(read, s.read_buf(&mut block)).await {
+                    Ok(Ok(0)) => {
+                        if left.is_some_and(|n| n > 0) {
+                            let _ = tx
+                                .send(Err(std::io::Error::new(
+                                    std::io::ErrorKind::UnexpectedEof,
+                                    "the backend closed mid-body",
+                                )))
+                                .await;
+                        }
+                        return;
+                    }
+                    Ok(Ok(n)) => {
+                        left = left.map(|l| l.saturating_sub(n as u64));
+                        if tx.send(Ok(block.freeze())).await.is_err() {
+                            return; // the client went away
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                    Err(_) => {
+                        let _ = tx
+                            .send(Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "the backend stopped sending",
+                            )))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+        response
+            .body(PassBody {
+                rx,
+                length,
+                pick: None,
+            })
+            .map_err(|e| TryError::Upstream(e.to_string()))
+    }
+}
+
+/// A backend's response body, as it arrives.
+#[derive(Debug)]
+pub struct PassBody {
+    pub(crate) rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    pub(crate) length: Option<u64>,
+    /// The server it comes from (its `least_conn` count lasts as long as the body).
+    pick: Option<crate::upstream::Pick>,
+}
+
+fn version(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn has_body(parts: &http::request::Parts) -> bool {
+    parts.headers.contains_key(http::header::CONTENT_LENGTH)
+        || parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+}
+
+/// The host without its port (`[::1]:80` keeps its brackets).
+fn host_without_port(host: &[u8]) -> &[u8] {
+    match host.iter().rposition(|&b| b == b':') {
+        Some(i) if !host[i..].contains(&b']') => &host[..i],
+        _ => host,
+    }
+}

@@ -1,0 +1,273 @@
+//! The front: `--http` with `--http-to` passing over the uwsgi protocol to real uWSGI
+//! backends (round robin, bodies in both directions, failover, bad upstreams).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use testkit::{HttpResponse, Peer};
+
+/// Says which backend answered, and echoes what it got.
+const BACKEND_APP: &str = r#"
+import hashlib, os
+def application(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/big":
+        body = b"x" * (1 << 20)
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [body]
+    data = environ["wsgi.input"].read()
+    info = "%s %s %s %s len=%d sha=%s cl=%s host=%s port=%s" % (
+        os.environ["BACKEND"], environ["REQUEST_METHOD"], path, environ["QUERY_STRING"],
+        len(data), hashlib.sha256(data).hexdigest()[:16], environ.get("CONTENT_LENGTH", "-"),
+        environ.get("HTTP_HOST"), environ.get("SERVER_PORT"))
+    start_response("201 Created", [("Content-Type", "text/plain; charset=utf-8"), ("X-Backend", os.environ["BACKEND"])])
+    return [info.encode("utf-8")]
+"#;
+
+fn uwsgi(dir: &Path, name: &str) -> (Peer, SocketAddr) {
+    let uwsgi = testkit::require("uwsgi");
+    let addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    let mut cmd = Command::new(uwsgi);
+    cmd.args(["--socket", &addr.to_string(), "--wsgi-file", "backend.py"])
+        .args([
+            "--env",
+            &format!("BACKEND={name}"),
+            "--buffer-size",
+            "65535",
+        ])
+        .args(["--die-on-term", "--disable-logging"])
+        .current_dir(dir);
+    let mut peer = Peer::spawn(name, cmd, Some(&dir.join(format!("{name}.log"))));
+    peer.wait_tcp(addr, Duration::from_secs(20));
+    (peer, addr)
+}
+
+fn front(dir: &Path, backends: &[String], extra: &[&str]) -> (Peer, SocketAddr) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(["--http", &addr.to_string()]).current_dir(dir);
+    for b in backends {
+        cmd.args(["--http-to", b]);
+    }
+    cmd.args(extra);
+    let mut peer = Peer::spawn("gateway", cmd, Some(&dir.join("front.log")));
+    peer.wait_tcp(addr, Duration::from_secs(20));
+    (peer, addr)
+}
+
+fn exchange(addr: SocketAddr, raw: &[u8]) -> HttpResponse {
+    HttpResponse::parse(&testkit::raw_exchange(addr, raw, Duration::from_secs(20)))
+}
+
+fn get(addr: SocketAddr, path: &str) -> HttpResponse {
+    exchange(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+}
+
+fn sha16(data: &[u8]) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(data)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn http_to_balances_real_uwsgi_backends_and_carries_bodies() {
+    let dir = testkit::temp_dir();
+    std::fs::write(dir.path().join("backend.py"), BACKEND_APP).unwrap();
+    let (_b1, a1) = uwsgi(dir.path(), "b1");
+    let (_b2, a2) = uwsgi(dir.path(), "b2");
+    let (gw, addr) = front(dir.path(), &[a1.to_string(), a2.to_string()], &[]);
+
+    let who: Vec<String> = (0..6)
+        .map(|_| {
+            let r = get(addr, "/caf%C3%A9?q=1");
+            assert_eq!(r.status, 201, "{}", gw.log());
+            assert_eq!(r.header("x-backend"), r.text().split(' ').next());
+            assert!(
+                // PATH_INFO is latin-1 decoded (PEP 3333): the UTF-8 bytes of é show as Ã©.
+                r.text().contains("GET /cafÃ© q=1 len=0") && r.text().contains("host=example.test"),
+                "{}",
+                r.text()
+            );
+            r.text().split(' ').next().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(who, ["b1", "b2", "b1", "b2", "b1", "b2"], "round robin");
+    assert!(
+        get(addr, "/")
+            .text()
+            .ends_with(&format!("port={}", addr.port())),
+        "SERVER_PORT is the front's"
+    );
+
+    // A 3 MiB POST (spooled to a file on the way) and a chunked upload (CONTENT_LENGTH set).
+    let big: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let mut req = format!(
+        "POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        big.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&big);
+    let r = exchange(addr, &req);
+    assert_eq!(r.status, 201);
+    assert!(
+        r.text().contains(&format!(
+            "len={} sha={} cl={}",
+            big.len(),
+            sha16(&big),
+            big.len()
+        )),
+        "{}",
+        r.text()
+    );
+    let r = exchange(
+        addr,
+        b"POST /chunked HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    );
+    assert!(
+        r.text()
+            .contains(&format!("len=11 sha={} cl=11", sha16(b"hello world"))),
+        "{}",
+        r.text()
+    );
+    // A 1 MiB response streams through whole.
+    let r = get(addr, "/big");
+    assert_eq!((r.status, r.body.len()), (200, 1 << 20));
+    assert!(r.body.iter().all(|&b| b == b'x'));
+    // HEAD: headers, no body.
+    let raw = testkit::raw_exchange(
+        addr,
+        b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(20),
+    );
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "no body after HEAD: {text}");
+}
+
+#[test]
+fn a_backend_killed_mid_load_costs_no_idempotent_request() {
+    let dir = testkit::temp_dir();
+    std::fs::write(dir.path().join("backend.py"), BACKEND_APP).unwrap();
+    let (b1, a1) = uwsgi(dir.path(), "b1");
+    let (_b2, a2) = uwsgi(dir.path(), "b2");
+    let (gw, addr) = front(
+        dir.path(),
+        &[a1.to_string(), a2.to_string()],
+        &["--processes", "2"],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = get(addr, "/");
+                    if r.status != 201 {
+                        failures.push(format!("{} {}", r.status, r.text()));
+                    }
+                    n += 1;
+                }
+                (n, failures)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    testkit::signal(b1.pid(), "KILL");
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for c in clients {
+        let (n, failures) = c.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "client errors: {failures:?}\n{}",
+            gw.log()
+        );
+        total += n;
+    }
+    assert!(total > 20, "{total} requests");
+    for _ in 0..4 {
+        assert!(
+            get(addr, "/").text().starts_with("b2 "),
+            "the survivor serves"
+        );
+    }
+    assert!(gw.log().contains("trying the next server"), "{}", gw.log());
+}
+
+/// A fake backend: answers each connection with `reply` after reading a little.
+fn fake_backend(reply: &'static [u8]) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut buf = [0u8; 4096];
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(reply);
+        }
+    });
+    addr
+}
+
+#[test]
+fn garbage_or_early_close_from_a_backend_is_a_502_and_nothing_else_breaks() {
+    let dir = testkit::temp_dir();
+    std::fs::write(dir.path().join("backend.py"), BACKEND_APP).unwrap();
+    let garbage = fake_backend(b"\x00\x01\x02 this is not HTTP\r\n\r\n");
+    let closes = fake_backend(b"");
+    let (_gw1, f1) = front(dir.path(), &[garbage.to_string()], &[]);
+    let (gw2, f2) = front(dir.path(), &[closes.to_string()], &[]);
+    assert_eq!(get(f1, "/").status, 502);
+    assert_eq!(get(f2, "/").status, 502);
+    // Nothing listening at all: 502 as well.
+    let nobody = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    let (_gw3, f3) = front(dir.path(), &[nobody.to_string()], &[]);
+    assert_eq!(get(f3, "/").status, 502);
+    // A POST is not repeated on another server once sent; the good backend serves the next.
+    let (_b, good) = uwsgi(dir.path(), "good");
+    let (gw4, f4) = front(dir.path(), &[closes.to_string(), good.to_string()], &[]);
+    let r = exchange(
+        f4,
+        b"POST /once HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    );
+    assert_eq!(r.status, 502, "{}", r.text());
+    let r = get(f4, "/after");
+    assert!(r.text().starts_with("good GET /after"), "{}", r.text());
+    assert!(
+        gw4.log().contains("closed before a whole response head"),
+        "{}",
+        gw4.log()
+    );
+    assert!(gw2.log().contains("closed before a whole response head"));
+    // The fronts still serve (keep-alive and new connections alike).
+    let mut s = TcpStream::connect(f2).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 502");
+}
