@@ -85,6 +85,15 @@ struct Master<'a> {
     last_rss_check: Instant,
     /// Whether "WSGI app ready" was logged (once all workers first were).
     announced: bool,
+    /// The slot of the front process, if the front runs apart from the workers.
+    front_slot: Option<usize>,
+}
+
+/// Whether a front process serves the `--http-to` listeners apart from the app workers.
+fn split_front(o: &Options) -> bool {
+    let addrs = listen_addrs(o).unwrap_or_default();
+    addrs.iter().any(|(_, p)| *p == Proto::HttpFront)
+        && addrs.iter().any(|(_, p)| *p != Proto::HttpFront)
 }
 
 /// Runs the master until SIGTERM/SIGINT; SIGHUP reloads gracefully.
@@ -113,7 +122,10 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     for (addr, proto) in listen_addrs(o)? {
         // TCP: one SO_REUSEPORT member per worker slot (always in a group, so a reload
         // with more processes can add members); unix: one socket for all.
+        // Every member must have a process accepting on it: the front's listeners belong
+        // to the front process alone when it runs apart.
         let members = match addr {
+            ListenAddr::Tcp(_) if split_front(o) && proto == Proto::HttpFront => 1,
             ListenAddr::Tcp(_) => processes,
             ListenAddr::Unix(_) => 1,
         };
@@ -207,7 +219,12 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
                 killed: false,
             })
             .collect(),
-        slots: (0..processes).map(|_| Slot::default()).collect(),
+        // A front (`--http` with `--http-to`) beside app listeners runs in a process of its
+        // own (the last slot), as uWSGI's HTTP router does; the workers serve the app.
+        front_slot: split_front(o).then_some(processes + 1),
+        slots: (0..processes + usize::from(split_front(o)))
+            .map(|_| Slot::default())
+            .collect(),
         signals: Some(signals),
         stats,
         stopping: None,
@@ -270,7 +287,18 @@ impl Master<'_> {
         let _ = poll(&mut fds, PollTimeout::from(100u16));
     }
 
+    fn role(&self, id: usize) -> &'static str {
+        if self.front_slot == Some(id) {
+            "front"
+        } else {
+            "worker"
+        }
+    }
+
     fn max_requests(&self, id: usize) -> Option<u64> {
+        if self.front_slot == Some(id) {
+            return None;
+        }
         let delta = self.o.max_requests_delta.unwrap_or(0);
         self.o
             .max_requests
@@ -308,10 +336,16 @@ impl Master<'_> {
                 self.stats = None;
                 self.workers.clear();
                 // This slot's member of each TCP group, and the unix sockets.
+                // The front process takes the front's listeners, the workers the rest.
+                let front = self.front_slot == Some(id);
                 let listeners: Vec<(&StdListener, Proto)> = self
                     .listeners
                     .iter()
-                    .map(|l| (&l.sockets[(id - 1) % l.sockets.len()], l.proto))
+                    .filter(|l| self.front_slot.is_none() || (l.proto == Proto::HttpFront) == front)
+                    .map(|l| {
+                        let member = if front { 0 } else { (id - 1) % l.sockets.len() };
+                        (&l.sockets[member], l.proto)
+                    })
                     .collect();
                 let start = worker::Start {
                     id,
@@ -320,18 +354,20 @@ impl Master<'_> {
                     app: self.app.as_ref(),
                     report: std::fs::File::from(write),
                     max_requests: self.max_requests(id),
+                    front,
                 };
                 worker::run(start)
             }
             Forked::Parent(pid) => {
                 drop(write);
                 fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+                let role = self.role(id);
                 let slot = &mut self.slots[id - 1];
                 slot.next_spawn = None;
                 if slot.respawns > 0 {
-                    tracing::info!("respawned worker {id} (pid {pid})");
+                    tracing::info!("respawned {role} {id} (pid {pid})");
                 } else {
-                    tracing::info!("spawned worker {id} (pid {pid})");
+                    tracing::info!("spawned {role} {id} (pid {pid})");
                 }
                 slot.respawns += 1;
                 self.workers.push(Worker {
@@ -537,10 +573,14 @@ impl Master<'_> {
                         self.retire_old(None);
                         if !self.announced {
                             self.announced = true;
-                            tracing::info!(
-                                "WSGI app ready: {} worker(s) serving",
-                                self.slots.len()
-                            );
+                            let workers = self.slots.len() - usize::from(self.front_slot.is_some());
+                            if self.front_slot.is_some() {
+                                tracing::info!(
+                                    "WSGI app ready: {workers} worker(s) and a front serving"
+                                );
+                            } else {
+                                tracing::info!("WSGI app ready: {workers} worker(s) serving");
+                            }
                         }
                     }
                 }
@@ -684,8 +724,9 @@ impl Master<'_> {
                     State::Old => "old",
                 };
                 format!(
-                    "{{\"id\":{},\"pid\":{},\"requests\":{},\"status\":\"{status}\",\"busy_threads\":{},\"rss\":{},\"respawn_count\":{},\"running_time\":{}}}",
+                    "{{\"id\":{},\"role\":\"{}\",\"pid\":{},\"requests\":{},\"status\":\"{status}\",\"busy_threads\":{},\"rss\":{},\"respawn_count\":{},\"running_time\":{}}}",
                     w.id,
+                    self.role(w.id),
                     w.pid,
                     w.requests,
                     w.busy,

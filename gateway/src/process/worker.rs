@@ -28,6 +28,8 @@ pub(crate) struct Start<'a> {
     pub(crate) report: std::fs::File,
     /// Requests before this worker asks to be recycled.
     pub(crate) max_requests: Option<u64>,
+    /// A front process: serves `--http-to` listeners, without Python.
+    pub(crate) front: bool,
 }
 
 /// Lines a worker sends the master.
@@ -58,7 +60,9 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
         app,
         report,
         max_requests,
+        front,
     } = start;
+    let app = app.filter(|_| !front); // the front runs no Python
     // The master blocks the signals it reads from a signalfd: a worker wants them back.
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
     // The master handles Ctrl-C and SIGHUP for everyone; a worker stops on SIGTERM, which
@@ -83,7 +87,7 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
             let app = Python::attach(|py| app.clone_ref(py));
             Some(WsgiHost::from_callable(app, crate::server::host_options(o)))
         }
-        None if crate::server::needs_app(o) => {
+        None if crate::server::needs_app(o) && !front => {
             let spec = crate::server::app_spec(o)?;
             Some(WsgiHost::start(&spec, crate::server::host_options(o))?)
         }
@@ -92,7 +96,11 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
     // The cores are shared by the workers: a runtime thread per core each would have
     // 2N threads fight for N cores.
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let processes = o.processes.unwrap_or(1).max(1);
+    let processes = if front {
+        1
+    } else {
+        o.processes.unwrap_or(1).max(1)
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads((cores / processes).max(1))
         .enable_all()
@@ -116,7 +124,8 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
         acceptors.lock().push(thread);
     }
     send(msg::READY);
-    tracing::info!("worker {id} (pid {}) ready", std::process::id());
+    let role = if front { "front" } else { "worker" };
+    tracing::info!("{role} {id} (pid {}) ready", std::process::id());
 
     // Reports for the master: counters, and asking to be recycled.
     {
