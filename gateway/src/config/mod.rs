@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod ini;
+pub mod nginx;
 
 use clap::{ArgAction, CommandFactory, Parser};
 
