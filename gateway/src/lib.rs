@@ -18,6 +18,7 @@ pub mod listen;
 pub mod pass;
 pub mod process;
 mod server;
+pub mod site;
 pub mod upstream;
 
 pub use server::run;

@@ -204,6 +204,21 @@ impl Pass {
         B: http_body::Body<Data = Bytes> + Send + Unpin,
         B::Error: std::fmt::Display,
     {
+        self.handle_with(req, conn, &[]).await
+    }
+
+    /// [`Pass::handle`] with per-request params (e.g. `uwsgi_param` values with nginx
+    /// variables expanded), set after the handler's own.
+    pub async fn handle_with<B>(
+        &self,
+        req: http::Request<B>,
+        conn: &ConnInfo,
+        extra: &[(Bytes, Bytes)],
+    ) -> http::Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin,
+        B::Error: std::fmt::Display,
+    {
         let (parts, body) = req.into_parts();
         let body = match self.spool(body).await {
             Ok(b) => b,
@@ -252,7 +267,7 @@ impl Pass {
                 return plain(http::StatusCode::BAD_REQUEST, "Bad Request\n");
             }
         };
-        for (k, v) in &self.params {
+        for (k, v) in self.params.iter().chain(extra) {
             env.set(k.clone(), v.clone());
         }
         let mut request = BytesMut::new();

@@ -22,6 +22,8 @@ pub(crate) enum Proto {
     Http,
     /// `--http` with `--http-to`: a front passing to a pool of uwsgi backends.
     HttpFront,
+    /// A listener of the `--nginx-conf` site (its index in the site's listeners).
+    Site(usize),
     Uwsgi,
     FastCgi,
     Scgi,
@@ -46,6 +48,22 @@ pub(crate) fn app_spec(o: &Options) -> anyhow::Result<AppSpec> {
     Ok(spec)
 }
 
+impl Proto {
+    /// Whether the listener is a front's (no Python behind it in this process).
+    pub(crate) fn is_front(self) -> bool {
+        matches!(self, Self::HttpFront | Self::Site(_))
+    }
+}
+
+/// The `--nginx-conf` site, and the warnings for directives it ignores.
+pub(crate) fn load_site(o: &Options) -> anyhow::Result<Option<(crate::site::Site, Vec<String>)>> {
+    let Some(path) = &o.nginx_conf else {
+        return Ok(None);
+    };
+    let tree = crate::config::nginx::load(path, None)?;
+    Ok(Some(crate::site::Site::from_nginx(&tree)?))
+}
+
 /// Every listen address of the options, with its protocol.
 pub(crate) fn listen_addrs(o: &Options) -> anyhow::Result<Vec<(ListenAddr, Proto)>> {
     let mut addrs = Vec::new();
@@ -65,9 +83,14 @@ pub(crate) fn listen_addrs(o: &Options) -> anyhow::Result<Vec<(ListenAddr, Proto
             addrs.push((ListenAddr::parse(a)?, proto));
         }
     }
+    if let Some((site, _)) = load_site(o)? {
+        for (i, a) in site.listens().iter().enumerate() {
+            addrs.push((a.clone(), Proto::Site(i)));
+        }
+    }
     if addrs.is_empty() {
         bail!(
-            "nothing to serve: give --http, --http-socket, --socket, --fastcgi-socket or --scgi-socket"
+            "nothing to serve: give --http, --http-socket, --socket, --fastcgi-socket, --scgi-socket or --nginx-conf"
         );
     }
     Ok(addrs)
@@ -76,7 +99,7 @@ pub(crate) fn listen_addrs(o: &Options) -> anyhow::Result<Vec<(ListenAddr, Proto
 /// Whether any listener serves the app in this process (a pure `--http-to` front does not
 /// load Python).
 pub(crate) fn needs_app(o: &Options) -> bool {
-    listen_addrs(o).is_ok_and(|a| a.iter().any(|(_, p)| *p != Proto::HttpFront))
+    listen_addrs(o).is_ok_and(|a| a.iter().any(|(_, p)| !p.is_front()))
 }
 
 /// The `--http-to` pool: uwsgi backends, round robin.
@@ -162,6 +185,8 @@ pub(crate) struct Stack {
     host: Option<WsgiHost>,
     app: Option<Arc<HttpApp>>,
     front: Option<Arc<HttpApp>>,
+    /// One per listener of the `--nginx-conf` site.
+    site: Vec<Arc<HttpApp>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -187,10 +212,28 @@ impl Stack {
         let front = front(o)?.map(|pass| {
             Arc::new(HttpApp {
                 backend: Backend::Pass(pass),
-                statics,
+                statics: statics.clone(),
                 limit_post: o.limit_post,
             })
         });
+        let site = match load_site(o)? {
+            Some((site, _)) => {
+                let site = Arc::new(site);
+                (0..site.listens().len())
+                    .map(|listen| {
+                        Arc::new(HttpApp {
+                            backend: Backend::Site {
+                                site: site.clone(),
+                                listen,
+                            },
+                            statics: Arc::new(StaticFiles::new(Vec::new())),
+                            limit_post: None,
+                        })
+                    })
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         Ok(Arc::new(Self {
             settings: Settings {
                 limits: Limits::new()
@@ -203,6 +246,7 @@ impl Stack {
             host,
             app,
             front,
+            site,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         }))
@@ -256,9 +300,10 @@ impl Stack {
         let c = &self.settings;
         let http = match proto {
             Proto::HttpFront => self.front.as_ref(),
+            Proto::Site(i) => self.site.get(i),
             _ => self.app.as_ref(),
         };
-        if let (Proto::Http | Proto::HttpFront, Some(app)) = (proto, http) {
+        if let (Proto::Http | Proto::HttpFront | Proto::Site(_), Some(app)) = (proto, http) {
             listen::http::serve_connection_until(s, peer, local, app, &self.shutdown).await;
             return;
         }
@@ -267,7 +312,7 @@ impl Stack {
             return;
         };
         match proto {
-            Proto::Http | Proto::HttpFront => {}
+            Proto::Http | Proto::HttpFront | Proto::Site(_) => {}
             Proto::Uwsgi => {
                 listen::uwsgi::serve_connection(s, c.limits, c.head_timeout, host).await;
             }
@@ -319,6 +364,11 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         tracing::info!("{proto:?} listening on {addr}");
         listeners.push((l, *proto));
     }
+    if let Some((_, warnings)) = load_site(&o)? {
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+    }
     drop_privileges(&o)?;
     let host = if needs_app(&o) {
         let spec = app_spec(&o)?;
@@ -327,7 +377,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         tracing::info!("WSGI app ready");
         Some(host)
     } else {
-        tracing::info!("front only: passing to {}", o.http_to.join(", "));
+        tracing::info!("front only (no WSGI app in this process)");
         None
     };
     let stack = Stack::new(&o, host)?;

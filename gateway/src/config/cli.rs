@@ -23,6 +23,10 @@ pub struct Options {
     /// (several: round robin), as uWSGI's HTTP router does.
     #[arg(long, value_name = "ADDR")]
     pub http_to: Vec<String>,
+    /// Run the servers of an nginx configuration (a whole nginx.conf or a site file with
+    /// `upstream` and `server` blocks) as the front.
+    #[arg(long, value_name = "FILE")]
+    pub nginx_conf: Option<PathBuf>,
     /// HTTP/1.1 straight to the workers.
     #[arg(long, value_name = "ADDR")]
     pub http_socket: Vec<String>,

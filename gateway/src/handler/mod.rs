@@ -4,4 +4,4 @@ pub mod body;
 pub mod static_files;
 
 pub use body::Body;
-pub use static_files::{StaticFiles, StaticMap};
+pub use static_files::{StaticFiles, StaticMap, serve_file};

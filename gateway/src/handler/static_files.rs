@@ -129,116 +129,135 @@ impl StaticFiles {
         if !meta.is_file() {
             return None;
         }
-        // No way out of the root through symlinks.
-        let (real, root) = (
-            tokio::fs::canonicalize(&file).await.ok()?,
-            tokio::fs::canonicalize(&map.root).await.ok()?,
-        );
-        if !real.starts_with(&root) {
-            tracing::warn!(
-                "static file {} leads out of {}: refused",
-                file.display(),
-                root.display()
-            );
-            return Some(plain(StatusCode::FORBIDDEN));
-        }
-        if method != Method::GET && method != Method::HEAD {
-            let mut r = plain(StatusCode::METHOD_NOT_ALLOWED);
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return Some(r);
-        }
-        let size = meta.len();
-        let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
-        let secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let etag = format!("\"{secs:x}-{size:x}\"");
-        let last_modified =
-            httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(secs));
-        let mut common = HeaderMap::new();
-        let mime = mime_guess::from_path(&real).first_or_octet_stream();
-        common.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_str(mime.as_ref())
-                .unwrap_or(HeaderValue::from_static("application/octet-stream")),
-        );
-        common.insert(
-            header::LAST_MODIFIED,
-            HeaderValue::from_str(&last_modified).unwrap_or(HeaderValue::from_static("")),
-        );
-        common.insert(
-            header::ETAG,
-            HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("")),
-        );
-        common.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        Some(serve_file(method, headers, &file, &map.root, None).await)
+    }
+}
 
-        // Conditional requests: If-None-Match first, else If-Modified-Since.
-        let not_modified = match headers
-            .get(header::IF_NONE_MATCH)
+/// Answers a request for `file` (which must lie inside `root`, symlinks resolved): 403 if
+/// it leads out, 405 for methods other than GET and HEAD, else the file with its MIME type,
+/// ETag and Last-Modified (304 for a matching conditional request), a single byte range
+/// (206, or 416), and no body for HEAD. `content_type` overrides the type guessed from
+/// the extension.
+pub async fn serve_file(
+    method: &Method,
+    headers: &HeaderMap,
+    file: &std::path::Path,
+    root: &std::path::Path,
+    content_type: Option<&str>,
+) -> Response<Body> {
+    let Ok(meta) = tokio::fs::metadata(file).await else {
+        return plain(StatusCode::NOT_FOUND);
+    };
+    // No way out of the root through symlinks.
+    let (Ok(real), Ok(root)) = (
+        tokio::fs::canonicalize(file).await,
+        tokio::fs::canonicalize(root).await,
+    ) else {
+        return plain(StatusCode::NOT_FOUND);
+    };
+    if !real.starts_with(&root) {
+        tracing::warn!(
+            "static file {} leads out of {}: refused",
+            file.display(),
+            root.display()
+        );
+        return plain(StatusCode::FORBIDDEN);
+    }
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED);
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let size = meta.len();
+    let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+    let secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let etag = format!("\"{secs:x}-{size:x}\"");
+    let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(secs));
+    let mut common = HeaderMap::new();
+    let guessed = mime_guess::from_path(&real).first_or_octet_stream();
+    common.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type.unwrap_or(guessed.as_ref()))
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    common.insert(
+        header::LAST_MODIFIED,
+        HeaderValue::from_str(&last_modified).unwrap_or(HeaderValue::from_static("")),
+    );
+    common.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("")),
+    );
+    common.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+
+    // Conditional requests: If-None-Match first, else If-Modified-Since.
+    let not_modified = match headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(inm) => inm.split(',').any(|t| {
+            let t = t.trim();
+            t == "*" || t == etag || t.strip_prefix("W/") == Some(etag.as_str())
+        }),
+        None => headers
+            .get(header::IF_MODIFIED_SINCE)
             .and_then(|v| v.to_str().ok())
-        {
-            Some(inm) => inm.split(',').any(|t| {
-                let t = t.trim();
-                t == "*" || t == etag || t.strip_prefix("W/") == Some(etag.as_str())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .is_some_and(|since: SystemTime| {
+                since >= UNIX_EPOCH + std::time::Duration::from_secs(secs)
             }),
-            None => headers
-                .get(header::IF_MODIFIED_SINCE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| httpdate::parse_http_date(v).ok())
-                .is_some_and(|since: SystemTime| {
-                    since >= UNIX_EPOCH + std::time::Duration::from_secs(secs)
-                }),
-        };
-        if not_modified {
-            let mut r = Response::new(Body::empty());
-            *r.status_mut() = StatusCode::NOT_MODIFIED;
-            common.remove(header::CONTENT_TYPE);
-            common.remove(header::ACCEPT_RANGES);
-            *r.headers_mut() = common;
-            return Some(r);
-        }
-        let if_range_ok = headers
-            .get(header::IF_RANGE)
-            .and_then(|v| v.to_str().ok())
-            .is_none_or(|v| v == etag || v == last_modified);
-        let range = headers
-            .get(header::RANGE)
-            .and_then(|v| v.to_str().ok())
-            .filter(|_| if_range_ok)
-            .and_then(|v| parse_range(v, size));
-        let (status, start, len) = match range {
-            Some(Ok((a, b))) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
-            Some(Err(())) => {
-                let mut r = plain(StatusCode::RANGE_NOT_SATISFIABLE);
-                r.headers_mut().insert(
-                    header::CONTENT_RANGE,
-                    HeaderValue::from_str(&format!("bytes */{size}"))
-                        .unwrap_or(HeaderValue::from_static("")),
-                );
-                return Some(r);
-            }
-            None => (StatusCode::OK, 0, size),
-        };
-        let body = if method == Method::HEAD || len == 0 {
-            Body::empty()
-        } else {
-            match std::fs::File::open(&real) {
-                Ok(f) => Body::file(f, start, len),
-                Err(_) => return Some(plain(StatusCode::FORBIDDEN)),
-            }
-        };
-        let mut r = Response::new(body);
-        *r.status_mut() = status;
-        common.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        if status == StatusCode::PARTIAL_CONTENT {
-            common.insert(
+    };
+    if not_modified {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        common.remove(header::CONTENT_TYPE);
+        common.remove(header::ACCEPT_RANGES);
+        *r.headers_mut() = common;
+        return r;
+    }
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v == etag || v == last_modified);
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| if_range_ok)
+        .and_then(|v| parse_range(v, size));
+    let (status, start, len) = match range {
+        Some(Ok((a, b))) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+        Some(Err(())) => {
+            let mut r = plain(StatusCode::RANGE_NOT_SATISFIABLE);
+            r.headers_mut().insert(
                 header::CONTENT_RANGE,
-                HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1))
+                HeaderValue::from_str(&format!("bytes */{size}"))
                     .unwrap_or(HeaderValue::from_static("")),
             );
+            return r;
         }
-        *r.headers_mut() = common;
-        Some(r)
+        None => (StatusCode::OK, 0, size),
+    };
+    let body = if method == Method::HEAD || len == 0 {
+        Body::empty()
+    } else {
+        match std::fs::File::open(&real) {
+            Ok(f) => Body::file(f, start, len),
+            Err(_) => return plain(StatusCode::FORBIDDEN),
+        }
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    common.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if status == StatusCode::PARTIAL_CONTENT {
+        common.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1))
+                .unwrap_or(HeaderValue::from_static("")),
+        );
     }
+    *r.headers_mut() = common;
+    r
 }
 
 #[cfg(test)]

@@ -24,6 +24,14 @@ pub enum Backend {
     Wsgi(WsgiService),
     /// A pool of backends (uWSGI's `--http-to`, nginx's `uwsgi_pass`).
     Pass(Arc<crate::pass::Pass>),
+    /// An nginx site (`--nginx-conf`), on its listener number `listen`; the static maps
+    /// and `--limit-post` are not used (the site has its own).
+    Site {
+        /// The site.
+        site: Arc<crate::site::Site>,
+        /// Which of its listeners this is.
+        listen: usize,
+    },
 }
 
 /// What an HTTP listener serves.
@@ -85,7 +93,9 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
             } else {
                 (http::Method::GET, String::new())
             };
-            let response = if let Some(r) = app
+            let response = if let Backend::Site { site, listen } = &app.backend {
+                site.handle(req, *listen, &conn).await
+            } else if let Some(r) = app
                 .statics
                 .serve(req.method(), req.uri().path(), req.headers())
                 .await
@@ -110,6 +120,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
                         r.map(Body::Wsgi)
                     }
                     Backend::Pass(pass) => pass.handle(req, &conn).await,
+                    Backend::Site { site, listen } => site.handle(req, *listen, &conn).await,
                 }
             };
             if logged {

@@ -92,13 +92,17 @@ struct Master<'a> {
 /// Whether a front process serves the `--http-to` listeners apart from the app workers.
 fn split_front(o: &Options) -> bool {
     let addrs = listen_addrs(o).unwrap_or_default();
-    addrs.iter().any(|(_, p)| *p == Proto::HttpFront)
-        && addrs.iter().any(|(_, p)| *p != Proto::HttpFront)
+    addrs.iter().any(|(_, p)| p.is_front()) && addrs.iter().any(|(_, p)| !p.is_front())
 }
 
 /// Runs the master until SIGTERM/SIGINT; SIGHUP reloads gracefully.
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let processes = o.processes.unwrap_or(1).max(1);
+    if let Some((_, warnings)) = crate::server::load_site(o)? {
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+    }
     let inherited = inherited_fds()?;
     let old = old_workers();
     let reloading = !old.is_empty() || !inherited.is_empty();
@@ -125,7 +129,7 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         // Every member must have a process accepting on it: the front's listeners belong
         // to the front process alone when it runs apart.
         let members = match addr {
-            ListenAddr::Tcp(_) if split_front(o) && proto == Proto::HttpFront => 1,
+            ListenAddr::Tcp(_) if split_front(o) && proto.is_front() => 1,
             ListenAddr::Tcp(_) => processes,
             ListenAddr::Unix(_) => 1,
         };
@@ -341,7 +345,7 @@ impl Master<'_> {
                 let listeners: Vec<(&StdListener, Proto)> = self
                     .listeners
                     .iter()
-                    .filter(|l| self.front_slot.is_none() || (l.proto == Proto::HttpFront) == front)
+                    .filter(|l| self.front_slot.is_none() || l.proto.is_front() == front)
                     .map(|l| {
                         let member = if front { 0 } else { (id - 1) % l.sockets.len() };
                         (&l.sockets[member], l.proto)

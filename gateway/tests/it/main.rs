@@ -2,5 +2,6 @@
 
 mod front;
 mod fuzz_regressions;
+mod nginx_site;
 mod process;
 mod serve;

@@ -1,0 +1,1058 @@
+//! An nginx site: servers chosen by listen address and `server_name`, locations matched as
+//! nginx matches them, and what they do (`root`/`alias` files with `index` and
+//! `try_files`, `return`, `uwsgi_pass`/`scgi_pass` to an `upstream`), read from an nginx
+//! configuration ([`Site::from_nginx`]).
+//!
+//! ```
+//! use gateway::config::nginx::parse_str;
+//! use gateway::site::Site;
+//! let tree = parse_str(
+//!     "upstream django { server 127.0.0.1:8001; }
+//!      server {
+//!          listen 8000;
+//!          server_name example.com;
+//!          location = /health { return 200 ok; }
+//!          location /static { alias /srv/static; }
+//!          location ~* \\.(png|jpg)$ { root /srv/images; }
+//!          location / { uwsgi_pass django; include uwsgi_params; }
+//!      }",
+//!     "site.conf",
+//! )?;
+//! let (site, warnings) = Site::from_nginx(&tree)?;
+//! assert!(warnings.is_empty(), "{warnings:?}");
+//! assert_eq!(site.listens().len(), 1);
+//! assert_eq!(site.location_for(0, Some("example.com"), "/static/app.css"), Some("/static"));
+//! assert_eq!(site.location_for(0, None, "/static/logo.png"), Some("~* \\.(png|jpg)$"));
+//! assert_eq!(site.location_for(0, None, "/health"), Some("= /health"));
+//! # Ok::<(), gateway::config::nginx::NginxError>(())
+//! ```
+
+mod vars;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+
+pub use vars::RequestVars;
+
+use crate::config::nginx::{Directive, NginxError};
+use crate::handler::{Body, serve_file};
+use crate::listen::ListenAddr;
+use crate::pass::{ConnInfo, Pass, Protocol, Timeouts};
+use crate::upstream::{Policy, ServerSpec, Upstream, parse_duration};
+
+/// How a location matches a path.
+#[derive(Debug, Clone)]
+enum Matcher {
+    /// `location = /path`
+    Exact(String),
+    /// `location /prefix` (`stop`: `^~`, no regex is tried after it).
+    Prefix { path: String, stop: bool },
+    /// `location ~ re` / `~* re`.
+    Regex(regex::Regex),
+    /// `location @name` (only reached by `try_files`).
+    Named(String),
+}
+
+/// Settings that locations inherit from their server (and the server from `http`).
+#[derive(Debug, Clone)]
+struct Settings {
+    root: Option<PathBuf>,
+    index: Vec<String>,
+    try_files: Option<Vec<String>>,
+    max_body: Option<u64>,
+    charset: Option<String>,
+    ret: Option<(u16, Option<String>)>,
+    /// `default_type` (nginx's built-in default is `text/plain`).
+    default_type: String,
+    /// `types {}`: extension to MIME type.
+    types: Arc<HashMap<String, String>>,
+}
+
+/// Reads `types { type ext...; }` blocks.
+fn read_types(block: &[Directive], into: &mut HashMap<String, String>) {
+    for t in block {
+        for ext in &t.args {
+            into.insert(ext.to_ascii_lowercase(), t.name.clone());
+        }
+    }
+}
+
+/// The stock `mime.types` (for a site file whose main nginx.conf is not read).
+fn stock_types() -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    if let Some(text) = crate::config::nginx::stock_file("mime.types") {
+        if let Ok(tree) = crate::config::nginx::parse_str(text, "mime.types") {
+            for d in tree.iter().filter(|d| d.name == "types") {
+                read_types(d.block.as_deref().unwrap_or_default(), &mut map);
+            }
+        }
+    }
+    map
+}
+
+impl Settings {
+    /// The MIME type for a file, from `types`, else `default_type`.
+    fn mime_for(&self, file: &std::path::Path) -> &str {
+        file.extension()
+            .and_then(|e| self.types.get(&e.to_string_lossy().to_ascii_lowercase()))
+            .map_or(self.default_type.as_str(), String::as_str)
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            root: None,
+            index: vec!["index.html".into()],
+            try_files: None,
+            max_body: Some(1 << 20),
+            charset: None,
+            ret: None,
+            default_type: "text/plain".into(),
+            types: Arc::new(HashMap::new()),
+        }
+    }
+}
+
+/// A location's own `*_param NAME VALUE` lines (values with nginx variables).
+type Params = Vec<(String, String)>;
+
+#[derive(Debug)]
+struct Location {
+    label: String,
+    matcher: Matcher,
+    settings: Settings,
+    alias: Option<PathBuf>,
+    pass: Option<(Arc<Pass>, Params)>,
+}
+
+#[derive(Debug)]
+enum ServerName {
+    Exact(String),
+    /// `*.example.com` (the suffix `.example.com`), `.example.com` also matches the bare
+    /// name.
+    Suffix {
+        suffix: String,
+        bare: bool,
+    },
+    /// `www.example.*` (the prefix `www.example.`).
+    Prefix(String),
+    Regex(regex::Regex),
+}
+
+#[derive(Debug)]
+struct VirtualServer {
+    listens: Vec<usize>,
+    default_for: Vec<usize>,
+    names: Vec<ServerName>,
+    first_name: String,
+    locations: Vec<Location>,
+    base: Settings,
+}
+
+/// An nginx site configuration, ready to answer requests.
+#[derive(Debug)]
+pub struct Site {
+    listens: Vec<ListenAddr>,
+    servers: Vec<VirtualServer>,
+}
+
+fn err(d: &Directive, message: impl Into<String>) -> NginxError {
+    NginxError {
+        message: message.into(),
+        file: d.file.to_path_buf(),
+        line: d.line,
+    }
+}
+
+/// Directives that change nothing the gateway does (performance knobs of nginx's own
+/// design, or logging it does its own way): a warning, not an error.
+const HARMLESS: &[&str] = &[
+    "sendfile",
+    "tcp_nopush",
+    "tcp_nodelay",
+    "keepalive_timeout",
+    "keepalive_requests",
+    "types_hash_max_size",
+    "server_names_hash_bucket_size",
+    "server_tokens",
+    "access_log",
+    "error_log",
+    "log_format",
+    "gzip",
+    "gzip_vary",
+    "gzip_proxied",
+    "gzip_comp_level",
+    "gzip_buffers",
+    "gzip_http_version",
+    "gzip_types",
+    "gzip_disable",
+    "ssl_protocols",
+    "ssl_prefer_server_ciphers",
+    "client_body_buffer_size",
+    "client_header_buffer_size",
+    "large_client_header_buffers",
+    "worker_processes",
+    "worker_connections",
+    "worker_rlimit_nofile",
+    "multi_accept",
+    "use",
+    "pid",
+    "user",
+    "pcre_jit",
+    "include",
+    "keepalive",
+    "expires",
+    "error_page",
+    "uwsgi_buffering",
+    "uwsgi_buffers",
+    "uwsgi_buffer_size",
+    "uwsgi_busy_buffers_size",
+    "uwsgi_temp_path",
+    "uwsgi_cache",
+];
+
+fn parse_size(v: &str) -> Option<u64> {
+    let (n, mult) = match v.chars().last()? {
+        'k' | 'K' => (&v[..v.len() - 1], 1024),
+        'm' | 'M' => (&v[..v.len() - 1], 1 << 20),
+        'g' | 'G' => (&v[..v.len() - 1], 1 << 30),
+        _ => (v, 1),
+    };
+    n.parse::<u64>().ok().map(|n| n * mult)
+}
+
+fn one_arg(d: &Directive) -> Result<&str, NginxError> {
+    match d.args.as_slice() {
+        [a] => Ok(a),
+        _ => Err(err(
+            d,
+            format!("invalid number of arguments in \"{}\" directive", d.name),
+        )),
+    }
+}
+
+/// Reads the settings directives common to http, server and location levels.
+fn setting(d: &Directive, s: &mut Settings) -> Result<bool, NginxError> {
+    match d.name.as_str() {
+        "root" => s.root = Some(PathBuf::from(one_arg(d)?)),
+        "index" => s.index.clone_from(&d.args),
+        "try_files" => {
+            if d.args.len() < 2 {
+                return Err(err(
+                    d,
+                    "invalid number of arguments in \"try_files\" directive",
+                ));
+            }
+            s.try_files = Some(d.args.clone());
+        }
+        "client_max_body_size" => {
+            let n = parse_size(one_arg(d)?).ok_or_else(|| err(d, "invalid value"))?;
+            s.max_body = (n > 0).then_some(n);
+        }
+        "default_type" => s.default_type = one_arg(d)?.to_owned(),
+        "charset" => {
+            let c = one_arg(d)?;
+            s.charset = (c != "off").then(|| c.to_owned());
+        }
+        "return" => {
+            let code = d
+                .args
+                .first()
+                .and_then(|c| c.parse::<u16>().ok())
+                .filter(|c| (100..1000).contains(c));
+            s.ret = match (code, d.args.as_slice()) {
+                (Some(c), [_]) => Some((c, None)),
+                (Some(c), [_, text]) => Some((c, Some(text.clone()))),
+                (None, [url]) if url.starts_with("http") => Some((302, Some(url.clone()))),
+                _ => return Err(err(d, "invalid return code or arguments")),
+            };
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+fn parse_listen(d: &Directive) -> Result<(ListenAddr, bool), NginxError> {
+    let Some(addr) = d.args.first() else {
+        return Err(err(
+            d,
+            "invalid number of arguments in \"listen\" directive",
+        ));
+    };
+    let spec = if addr.chars().all(|c| c.is_ascii_digit()) {
+        format!(":{addr}")
+    } else if let Some(port) = addr.strip_prefix("*:") {
+        format!(":{port}")
+    } else {
+        addr.clone()
+    };
+    let parsed = ListenAddr::parse(&spec).map_err(|e| err(d, e.to_string()))?;
+    let mut default = false;
+    for p in &d.args[1..] {
+        match p.as_str() {
+            "default_server" | "default" => default = true,
+            "ssl" => {
+                return Err(err(
+                    d,
+                    "\"listen ... ssl\" is not supported by this version of the gateway yet",
+                ));
+            }
+            "http2" | "reuseport" | "ipv6only=on" | "deferred" => {}
+            p if p.starts_with("backlog=") => {}
+            p => return Err(err(d, format!("invalid parameter \"{p}\""))),
+        }
+    }
+    Ok((parsed, default))
+}
+
+fn parse_server_name(name: &str) -> Option<ServerName> {
+    let name = name.to_ascii_lowercase();
+    if let Some(re) = name.strip_prefix('~') {
+        return regex::RegexBuilder::new(re)
+            .case_insensitive(true)
+            .build()
+            .ok()
+            .map(ServerName::Regex);
+    }
+    if let Some(rest) = name.strip_prefix("*.") {
+        return Some(ServerName::Suffix {
+            suffix: format!(".{rest}"),
+            bare: false,
+        });
+    }
+    if name.starts_with('.') {
+        return Some(ServerName::Suffix {
+            suffix: name,
+            bare: true,
+        });
+    }
+    if let Some(rest) = name.strip_suffix(".*") {
+        return Some(ServerName::Prefix(format!("{rest}.")));
+    }
+    Some(ServerName::Exact(name))
+}
+
+struct Reader<'a> {
+    upstreams: HashMap<String, Arc<Upstream>>,
+    warnings: &'a mut Vec<String>,
+}
+
+impl Reader<'_> {
+    fn harmless(&mut self, d: &Directive) -> Result<(), NginxError> {
+        if HARMLESS.contains(&d.name.as_str()) || d.name.starts_with("gzip_") {
+            self.warnings.push(format!(
+                "{}: \"{}\" is not used by the gateway (ignored)",
+                d.at(),
+                d.name
+            ));
+            Ok(())
+        } else {
+            Err(err(
+                d,
+                format!("unknown or unsupported directive \"{}\"", d.name),
+            ))
+        }
+    }
+
+    fn upstream(&mut self, d: &Directive) -> Result<(), NginxError> {
+        let name = one_arg(d)?.to_owned();
+        let mut servers = Vec::new();
+        let mut policy = Policy::RoundRobin;
+        for x in d.block.as_deref().unwrap_or_default() {
+            match x.name.as_str() {
+                "server" => servers
+                    .push(ServerSpec::parse(&x.args.join(" ")).map_err(|e| err(x, e.to_string()))?),
+                "least_conn" => policy = Policy::LeastConn,
+                "ip_hash" => policy = Policy::IpHash,
+                "hash" => {
+                    policy = match x.args.as_slice() {
+                        [k] => Policy::Hash {
+                            key: k.clone(),
+                            consistent: false,
+                        },
+                        [k, c] if c == "consistent" => Policy::Hash {
+                            key: k.clone(),
+                            consistent: true,
+                        },
+                        _ => return Err(err(x, "invalid arguments in \"hash\" directive")),
+                    }
+                }
+                "sticky" | "session_sticky" => {
+                    let cookie = x
+                        .args
+                        .iter()
+                        .find_map(|a| a.strip_prefix("cookie="))
+                        .unwrap_or("route")
+                        .to_owned();
+                    policy = Policy::Sticky { cookie };
+                }
+                _ => self.harmless(x)?,
+            }
+        }
+        if servers.is_empty() {
+            return Err(err(d, format!("no servers are inside upstream \"{name}\"")));
+        }
+        self.upstreams
+            .insert(name.clone(), Arc::new(Upstream::new(name, servers, policy)));
+        Ok(())
+    }
+
+    fn pass(
+        &mut self,
+        d: &Directive,
+        protocol: Protocol,
+        timeouts: Timeouts,
+    ) -> Result<Arc<Pass>, NginxError> {
+        let target = one_arg(d)?;
+        let pool = match self.upstreams.get(target) {
+            Some(u) => u.clone(),
+            None => {
+                let spec = ServerSpec::parse(target.trim_start_matches("uwsgi://"))
+                    .map_err(|e| err(d, format!("{e} (no upstream \"{target}\" either)")))?;
+                Arc::new(Upstream::new(target, vec![spec], Policy::RoundRobin))
+            }
+        };
+        Ok(Arc::new(Pass::new(pool, protocol).timeouts(timeouts)))
+    }
+
+    fn location(&mut self, d: &Directive, inherited: &Settings) -> Result<Location, NginxError> {
+        let (matcher, label) = match d.args.as_slice() {
+            [m, p] if m == "=" => (Matcher::Exact(p.clone()), format!("= {p}")),
+            [m, p] if m == "^~" => (
+                Matcher::Prefix {
+                    path: p.clone(),
+                    stop: true,
+                },
+                format!("^~ {p}"),
+            ),
+            [m, re] if m == "~" || m == "~*" => {
+                let r = regex::RegexBuilder::new(re)
+                    .case_insensitive(m == "~*")
+                    .build()
+                    .map_err(|e| err(d, format!("invalid regex \"{re}\": {e}")))?;
+                (Matcher::Regex(r), format!("{m} {re}"))
+            }
+            [p] if p.starts_with('@') => (Matcher::Named(p.clone()), p.clone()),
+            [p] => (
+                Matcher::Prefix {
+                    path: p.clone(),
+                    stop: false,
+                },
+                p.clone(),
+            ),
+            _ => return Err(err(d, "invalid location")),
+        };
+        let mut settings = inherited.clone();
+        settings.try_files = None;
+        settings.ret = None;
+        let mut alias = None;
+        let mut pass = None;
+        let mut params = Vec::new();
+        let mut timeouts = Timeouts::default();
+        let mut pass_directive = None;
+        for x in d.block.as_deref().unwrap_or_default() {
+            if setting(x, &mut settings)? {
+                continue;
+            }
+            match x.name.as_str() {
+                "alias" => alias = Some(PathBuf::from(one_arg(x)?)),
+                "uwsgi_pass" => pass_directive = Some((x, Protocol::Uwsgi)),
+                "scgi_pass" => pass_directive = Some((x, Protocol::Scgi)),
+                "uwsgi_param" | "scgi_param" => match x.args.as_slice() {
+                    [k, v] | [k, v, _] => params.push((k.clone(), v.clone())),
+                    _ => return Err(err(x, "invalid number of arguments")),
+                },
+                "uwsgi_read_timeout" | "scgi_read_timeout" => {
+                    timeouts.read =
+                        parse_duration(one_arg(x)?).ok_or_else(|| err(x, "invalid value"))?;
+                }
+                "uwsgi_send_timeout" | "scgi_send_timeout" => {
+                    timeouts.send =
+                        parse_duration(one_arg(x)?).ok_or_else(|| err(x, "invalid value"))?;
+                }
+                "uwsgi_connect_timeout" | "scgi_connect_timeout" => {
+                    timeouts.connect =
+                        parse_duration(one_arg(x)?).ok_or_else(|| err(x, "invalid value"))?;
+                }
+                "location" => {
+                    return Err(err(
+                        x,
+                        "nested locations are not supported by this version of the gateway yet",
+                    ));
+                }
+                "proxy_pass" | "fastcgi_pass" | "grpc_pass" => {
+                    return Err(err(
+                        x,
+                        format!(
+                            "\"{}\" is not supported by this version of the gateway yet",
+                            x.name
+                        ),
+                    ));
+                }
+                _ => self.harmless(x)?,
+            }
+        }
+        if let Some((x, protocol)) = pass_directive {
+            // The stock `*_params` lines are what the pass builds anyway (with the body's
+            // length known after buffering it, as nginx's $content_length is): only the
+            // site's own params are set on top.
+            let stock = stock_params(protocol);
+            // Except what only the site knows: its root and its first server_name.
+            params.retain(|p| !stock.contains(p) || p.0 == "DOCUMENT_ROOT" || p.0 == "SERVER_NAME");
+            pass = Some((self.pass(x, protocol, timeouts)?, params));
+        }
+        if alias.is_some() && settings.root.is_some() && inherited.root != settings.root {
+            return Err(err(d, "\"alias\" and \"root\" in the same location"));
+        }
+        Ok(Location {
+            label,
+            matcher,
+            settings,
+            alias,
+            pass,
+        })
+    }
+}
+
+impl Site {
+    /// Reads an nginx configuration tree (a whole `nginx.conf`, or a site file with only
+    /// `upstream` and `server` blocks). Directives the gateway does not support are
+    /// errors with file and line; harmless ones (`sendfile`, `access_log`, ...) are
+    /// returned as warnings.
+    pub fn from_nginx(tree: &[Directive]) -> Result<(Self, Vec<String>), NginxError> {
+        let mut warnings = Vec::new();
+        let mut reader = Reader {
+            upstreams: HashMap::new(),
+            warnings: &mut warnings,
+        };
+        // Where the http-level directives are: in `http {}`, or at the top of a site file.
+        let mut http_level: Vec<&Directive> = Vec::new();
+        for d in tree {
+            match d.name.as_str() {
+                "http" => http_level.extend(d.block.as_deref().unwrap_or_default()),
+                "events" => {
+                    for x in d.block.as_deref().unwrap_or_default() {
+                        reader.harmless(x)?;
+                    }
+                }
+                "server" | "upstream" | "types" => http_level.push(d),
+                _ if setting(d, &mut Settings::default())? => http_level.push(d),
+                _ => reader.harmless(d)?,
+            }
+        }
+        // Upstreams first: a pass may name one defined later.
+        for d in &http_level {
+            if d.name == "upstream" {
+                reader.upstream(d)?;
+            }
+        }
+        let mut base = Settings::default();
+        let mut types = HashMap::new();
+        let mut listens: Vec<ListenAddr> = Vec::new();
+        let mut servers = Vec::new();
+        for d in &http_level {
+            if d.name == "types" {
+                read_types(d.block.as_deref().unwrap_or_default(), &mut types);
+                continue;
+            }
+            if d.name == "upstream" || d.name == "server" || setting(d, &mut base)? {
+                continue;
+            }
+            reader.harmless(d)?;
+        }
+        // A site file without the main nginx.conf: the stock mime.types it would include.
+        base.types = Arc::new(if types.is_empty() {
+            stock_types()
+        } else {
+            types
+        });
+        for d in http_level.iter().filter(|d| d.name == "server") {
+            let mut settings = base.clone();
+            let mut vs = VirtualServer {
+                listens: Vec::new(),
+                default_for: Vec::new(),
+                names: Vec::new(),
+                first_name: String::new(),
+                locations: Vec::new(),
+                base: Settings::default(),
+            };
+            let block = d.block.as_deref().unwrap_or_default();
+            for x in block {
+                match x.name.as_str() {
+                    "listen" => {
+                        let (addr, default) = parse_listen(x)?;
+                        let i = listens.iter().position(|l| *l == addr).unwrap_or_else(|| {
+                            listens.push(addr);
+                            listens.len() - 1
+                        });
+                        vs.listens.push(i);
+                        if default {
+                            vs.default_for.push(i);
+                        }
+                    }
+                    "server_name" => {
+                        for n in &x.args {
+                            if vs.first_name.is_empty() {
+                                vs.first_name.clone_from(n);
+                            }
+                            if let Some(sn) = parse_server_name(n) {
+                                vs.names.push(sn);
+                            }
+                        }
+                    }
+                    "location" => {}
+                    _ if setting(x, &mut settings)? => {}
+                    _ => reader.harmless(x)?,
+                }
+            }
+            for x in block.iter().filter(|x| x.name == "location") {
+                vs.locations.push(reader.location(x, &settings)?);
+            }
+            if vs.listens.is_empty() {
+                let addr = ListenAddr::parse(":80").map_err(|e| err(d, e.to_string()))?;
+                let i = listens.iter().position(|l| *l == addr).unwrap_or_else(|| {
+                    listens.push(addr);
+                    listens.len() - 1
+                });
+                vs.listens.push(i);
+            }
+            vs.base = settings;
+            servers.push(vs);
+        }
+        if servers.is_empty() {
+            return Err(NginxError {
+                message: "no \"server\" block".into(),
+                file: tree
+                    .first()
+                    .map(|d| d.file.to_path_buf())
+                    .unwrap_or_default(),
+                line: 1,
+            });
+        }
+        Ok((Self { listens, servers }, warnings))
+    }
+
+    /// The addresses to listen on, in order (a request's listener is an index into this).
+    pub fn listens(&self) -> &[ListenAddr] {
+        &self.listens
+    }
+
+    fn server(&self, listen: usize, host: Option<&str>) -> &VirtualServer {
+        let candidates: Vec<&VirtualServer> = self
+            .servers
+            .iter()
+            .filter(|s| s.listens.contains(&listen))
+            .collect();
+        let fallback = candidates
+            .iter()
+            .find(|s| s.default_for.contains(&listen))
+            .or_else(|| candidates.first())
+            .copied()
+            .unwrap_or(&self.servers[0]);
+        let Some(host) = host.map(str::to_ascii_lowercase) else {
+            return fallback;
+        };
+        let host = host.trim_end_matches('.');
+        let exact = candidates.iter().find(|s| {
+            s.names
+                .iter()
+                .any(|n| matches!(n, ServerName::Exact(e) if e == host))
+        });
+        if let Some(s) = exact {
+            return s;
+        }
+        let longest = |f: &dyn Fn(&ServerName) -> Option<usize>| {
+            candidates
+                .iter()
+                .filter_map(|s| s.names.iter().filter_map(f).max().map(|n| (n, *s)))
+                .max_by_key(|(n, _)| *n)
+                .map(|(_, s)| s)
+        };
+        let suffix = longest(&|n| match n {
+            ServerName::Suffix { suffix, bare } => (host.ends_with(suffix.as_str())
+                || (*bare && host == &suffix[1..]))
+                .then_some(suffix.len()),
+            _ => None,
+        });
+        if let Some(s) = suffix {
+            return s;
+        }
+        let prefix = longest(&|n| match n {
+            ServerName::Prefix(p) => host.starts_with(p.as_str()).then_some(p.len()),
+            _ => None,
+        });
+        if let Some(s) = prefix {
+            return s;
+        }
+        candidates
+            .iter()
+            .find(|s| {
+                s.names
+                    .iter()
+                    .any(|n| matches!(n, ServerName::Regex(r) if r.is_match(host)))
+            })
+            .copied()
+            .unwrap_or(fallback)
+    }
+
+    fn location<'a>(server: &'a VirtualServer, uri: &str) -> Option<&'a Location> {
+        let ls = &server.locations;
+        if let Some(l) = ls
+            .iter()
+            .find(|l| matches!(&l.matcher, Matcher::Exact(p) if p == uri))
+        {
+            return Some(l);
+        }
+        let prefix = ls
+            .iter()
+            .filter_map(|l| match &l.matcher {
+                Matcher::Prefix { path, stop } if uri.starts_with(path.as_str()) => {
+                    Some((path.len(), *stop, l))
+                }
+                _ => None,
+            })
+            .max_by_key(|(n, _, _)| *n);
+        if let Some((_, true, l)) = prefix {
+            return Some(l);
+        }
+        ls.iter()
+            .find(|l| matches!(&l.matcher, Matcher::Regex(r) if r.is_match(uri)))
+            .or(prefix.map(|(_, _, l)| l))
+    }
+
+    /// Which location answers `uri` on listener `listen` for `host`: its label as
+    /// written (`= /x`, `^~ /x`, `~* re`, `/x`), or `None`.
+    pub fn location_for(&self, listen: usize, host: Option<&str>, uri: &str) -> Option<&str> {
+        Self::location(self.server(listen, host), uri).map(|l| l.label.as_str())
+    }
+
+    /// Answers a request that came on listener `listen`.
+    pub async fn handle<B>(
+        &self,
+        req: http::Request<B>,
+        listen: usize,
+        conn: &ConnInfo,
+    ) -> http::Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let mut charset = None;
+        let mut r = self.answer(req, listen, conn, &mut charset).await;
+        // nginx's `charset` of the server or location that answered, error pages included
+        // (but not 301 and 302, which nginx leaves alone).
+        let redirect = matches!(r.status().as_u16(), 301 | 302);
+        if let (Some(cs), false) = (charset, redirect) {
+            add_charset(&mut r, &cs);
+        }
+        r
+    }
+
+    async fn answer<B>(
+        &self,
+        req: http::Request<B>,
+        listen: usize,
+        conn: &ConnInfo,
+        charset_out: &mut Option<String>,
+    ) -> http::Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| match h.rfind(':') {
+                Some(i) if !h[i..].contains(']') => &h[..i],
+                _ => h,
+            });
+        let server = self.server(listen, host);
+        charset_out.clone_from(&server.base.charset);
+        let raw_path = req.uri().path().to_owned();
+        let Ok(path) = cgi_family::normalize_path(raw_path.as_bytes()) else {
+            return error_page(StatusCode::BAD_REQUEST);
+        };
+        let mut uri = String::from_utf8_lossy(&path).into_owned();
+        let request_uri = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+        let args = req.uri().query().unwrap_or("").to_owned();
+        if let Some(ret) = &server.base.ret {
+            let vars = self.vars(&req, conn, &request_uri, &uri, &args, server, "");
+            return returned(ret, &vars, &server.base.default_type);
+        }
+        // try_files may redirect internally to another URI (or a named location).
+        for _ in 0..10 {
+            let location = Self::location(server, &uri);
+            let settings = location.map_or(&server.base, |l| &l.settings);
+            charset_out.clone_from(&settings.charset);
+            if let Some(limit) = settings.max_body {
+                let length = req
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                if length.is_some_and(|n| n > limit) {
+                    return error_page(StatusCode::PAYLOAD_TOO_LARGE);
+                }
+            }
+            let root = location
+                .and_then(|l| l.alias.as_ref())
+                .or(settings.root.as_ref())
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if let Some(ret) = &settings.ret {
+                let vars = self.vars(&req, conn, &request_uri, &uri, &args, server, &root);
+                return returned(ret, &vars, &settings.default_type);
+            }
+            if let Some(Location {
+                pass: Some((pass, params)),
+                ..
+            }) = location
+            {
+                let vars = self.vars(&req, conn, &request_uri, &uri, &args, server, &root);
+                let extra: Vec<(Bytes, Bytes)> = params
+                    .iter()
+                    .map(|(k, v)| (Bytes::from(k.clone()), Bytes::from(vars.expand(v))))
+                    .collect();
+                return pass.handle_with(req, conn, &extra).await;
+            }
+            // Files.
+            let Some(base_dir) = location
+                .and_then(|l| l.alias.clone())
+                .or_else(|| settings.root.clone())
+            else {
+                return error_page(StatusCode::NOT_FOUND);
+            };
+            let file_for = |u: &str| -> PathBuf {
+                let rel = match location {
+                    Some(Location {
+                        alias: Some(_),
+                        matcher: Matcher::Prefix { path, .. },
+                        ..
+                    }) => u.strip_prefix(path.as_str()).unwrap_or(u),
+                    _ => u,
+                };
+                base_dir.join(rel.trim_start_matches('/'))
+            };
+            let Some(try_files) = &settings.try_files else {
+                let r = self
+                    .files(&req, &uri, &file_for(&uri), &base_dir, settings)
+                    .await;
+                return r;
+            };
+            let vars = self.vars(&req, conn, &request_uri, &uri, &args, server, &root);
+            let (last, tries) = try_files.split_last().unwrap_or((&try_files[0], &[]));
+            let mut found = None;
+            for t in tries {
+                let candidate = vars.expand(t);
+                let file = file_for(&candidate);
+                let is_dir = candidate.ends_with('/');
+                let ok = tokio::fs::metadata(&file)
+                    .await
+                    .is_ok_and(|m| if is_dir { m.is_dir() } else { m.is_file() });
+                if ok {
+                    found = Some((candidate, file));
+                    break;
+                }
+            }
+            if let Some((candidate, file)) = found {
+                let r = self
+                    .files(&req, &candidate, &file, &base_dir, settings)
+                    .await;
+                return r;
+            }
+            if let Some(code) = last.strip_prefix('=') {
+                let code = code.parse().unwrap_or(404);
+                return error_page(StatusCode::from_u16(code).unwrap_or(StatusCode::NOT_FOUND));
+            }
+            let next = vars.expand(last);
+            if let Some(named) = server
+                .locations
+                .iter()
+                .find(|l| matches!(&l.matcher, Matcher::Named(n) if *n == next))
+            {
+                if let Some((pass, _)) = &named.pass {
+                    charset_out.clone_from(&named.settings.charset);
+                    return pass.handle_with(req, conn, &[]).await;
+                }
+                return error_page(StatusCode::NOT_FOUND);
+            }
+            uri = next.split('?').next().unwrap_or("/").to_owned();
+        }
+        tracing::error!("rewrite or internal redirection cycle while processing {raw_path}");
+        error_page(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn vars<'a, B>(
+        &'a self,
+        req: &'a http::Request<B>,
+        conn: &ConnInfo,
+        request_uri: &'a str,
+        uri: &'a str,
+        args: &'a str,
+        server: &'a VirtualServer,
+        root: &'a str,
+    ) -> RequestVars<'a> {
+        RequestVars {
+            method: req.method().as_str(),
+            request_uri,
+            uri,
+            args,
+            headers: req.headers(),
+            peer: conn.peer,
+            local: conn.local,
+            scheme: if conn.https { "https" } else { "http" },
+            server_name: &server.first_name,
+            document_root: root,
+            protocol: match req.version() {
+                http::Version::HTTP_10 => "HTTP/1.0",
+                http::Version::HTTP_2 => "HTTP/2.0",
+                _ => "HTTP/1.1",
+            },
+        }
+    }
+
+    /// The static handler: index files for a directory URI, a redirect adding the
+    /// slash for a directory without one, else the file.
+    async fn files<B>(
+        &self,
+        req: &http::Request<B>,
+        uri: &str,
+        file: &std::path::Path,
+        base: &std::path::Path,
+        settings: &Settings,
+    ) -> http::Response<Body> {
+        if uri.ends_with('/') {
+            for index in &settings.index {
+                let candidate = file.join(index);
+                if tokio::fs::metadata(&candidate)
+                    .await
+                    .is_ok_and(|m| m.is_file())
+                {
+                    let mime = settings.mime_for(&candidate);
+                    return serve_file(req.method(), req.headers(), &candidate, base, Some(mime))
+                        .await;
+                }
+            }
+            return if tokio::fs::metadata(file).await.is_ok_and(|m| m.is_dir()) {
+                error_page(StatusCode::FORBIDDEN)
+            } else {
+                error_page(StatusCode::NOT_FOUND)
+            };
+        }
+        match tokio::fs::metadata(file).await {
+            Ok(m) if m.is_dir() => {
+                let host = req
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("localhost");
+                let mut r = error_page(StatusCode::MOVED_PERMANENTLY);
+                if let Ok(v) = HeaderValue::from_str(&format!("http://{host}{uri}/")) {
+                    r.headers_mut().insert(header::LOCATION, v);
+                }
+                r
+            }
+            Ok(_) => {
+                let mime = settings.mime_for(file);
+                serve_file(req.method(), req.headers(), file, base, Some(mime)).await
+            }
+            Err(_) => error_page(StatusCode::NOT_FOUND),
+        }
+    }
+}
+
+/// The (name, value) lines of the stock params file for `protocol`.
+fn stock_params(protocol: Protocol) -> Vec<(String, String)> {
+    let name = match protocol {
+        Protocol::Uwsgi => "uwsgi_params",
+        Protocol::Scgi => "scgi_params",
+    };
+    crate::config::nginx::stock_file(name)
+        .and_then(|t| crate::config::nginx::parse_str(t, name).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|d| match d.args.as_slice() {
+            [k, v] => Some((k.clone(), v.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// nginx's `return code [text|URL]`.
+fn returned(
+    ret: &(u16, Option<String>),
+    vars: &RequestVars<'_>,
+    default_type: &str,
+) -> http::Response<Body> {
+    let (code, arg) = ret;
+    let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let redirect = matches!(code, 301 | 302 | 303 | 307 | 308);
+    match arg {
+        Some(a) if redirect => {
+            let mut r = error_page(status);
+            if let Ok(v) = HeaderValue::from_str(&vars.expand(a)) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+        Some(text) => {
+            let mut r = http::Response::new(Body::full(vars.expand(text)));
+            *r.status_mut() = status;
+            if let Ok(v) = HeaderValue::from_str(default_type) {
+                r.headers_mut().insert(header::CONTENT_TYPE, v);
+            }
+            r
+        }
+        None => error_page(status),
+    }
+}
+
+/// A small HTML error page, as nginx sends.
+fn error_page(status: StatusCode) -> http::Response<Body> {
+    let text = format!(
+        "<html>\r\n<head><title>{0} {1}</title></head>\r\n<body>\r\n<center><h1>{0} {1}</h1></center>\r\n<hr><center>gateway</center>\r\n</body>\r\n</html>\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut r = http::Response::new(Body::full(text));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    r
+}
+
+/// nginx's `charset`: added to text types that do not name one.
+fn add_charset(r: &mut http::Response<Body>, charset: &str) {
+    let Some(ct) = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return;
+    };
+    let lower = ct.to_ascii_lowercase();
+    let texty = [
+        "text/html",
+        "text/xml",
+        "text/plain",
+        "text/vnd.wap.wml",
+        "application/javascript",
+        "application/rss+xml",
+    ]
+    .iter()
+    .any(|t| lower.starts_with(t));
+    if texty && !lower.contains("charset") {
+        if let Ok(v) = HeaderValue::from_str(&format!("{ct}; charset={charset}")) {
+            r.headers_mut().insert(header::CONTENT_TYPE, v);
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! `--nginx-conf`: one site config run by real nginx and by the gateway, in front of the
+//! same real uWSGI backend; the same requests get the same answers.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use testkit::{HttpResponse, Peer};
+
+const APP: &str = r#"
+import hashlib
+def application(environ, start_response):
+    data = environ["wsgi.input"].read()
+    keys = ["REQUEST_METHOD", "REQUEST_URI", "PATH_INFO", "QUERY_STRING", "SERVER_NAME",
+            "HTTP_HOST", "CONTENT_LENGTH", "CONTENT_TYPE", "REMOTE_ADDR", "X_SITE", "DOCUMENT_ROOT"]
+    lines = ["%s=%s" % (k, environ.get(k, "-")) for k in keys]
+    lines.append("body=%d:%s" % (len(data), hashlib.sha256(data).hexdigest()[:16]))
+    start_response("200 OK", [("Content-Type", "text/plain"), ("X-App", "yes")])
+    return ["\n".join(lines).encode("latin-1")]
+"#;
+
+fn site(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
+    let d = dir.display();
+    format!(
+        r#"
+upstream django {{ server {upstream}; }}
+server {{
+    listen {listen};
+    server_name example.com www.example.com;
+    charset utf-8;
+    default_type application/octet-stream;
+    client_max_body_size 2M;
+    root {d}/www;
+    location = /health {{ return 200 "ok"; }}
+    location /static/ {{ alias {d}/static/; }}
+    location /media {{ alias {d}/media; }}
+    location ~* \.(png|gif)$ {{ root {d}/images; }}
+    location /docs/ {{ try_files $uri $uri/ =404; }}
+    location /old {{ return 301 http://$host/new$is_args$args; }}
+    location / {{
+        uwsgi_pass django;
+        include uwsgi_params;
+        uwsgi_param X_SITE tutorial-$host;
+    }}
+}}
+server {{
+    listen {listen};
+    server_name other.example;
+    return 404;
+}}
+"#
+    )
+}
+
+fn tree(dir: &Path) {
+    for (path, text) in [
+        ("www/index.html", "<h1>home</h1>"),
+        ("static/site.css", "body { color: teal }"),
+        ("static/js/app.js", "console.log(1)"),
+        ("media/up.txt", "uploaded"),
+        ("images/logo.png", "PNGDATA"),
+        ("www/docs/index.html", "<p>docs</p>"),
+        ("www/docs/a.txt", "docs a"),
+    ] {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    std::fs::write(dir.join("app.py"), APP).unwrap();
+    std::fs::copy("/etc/nginx/uwsgi_params", dir.join("uwsgi_params")).unwrap_or_else(|_| {
+        std::fs::write(
+            dir.join("uwsgi_params"),
+            gateway::config::nginx::stock_file("uwsgi_params").unwrap(),
+        )
+        .unwrap();
+        0
+    });
+}
+
+fn exchange(addr: SocketAddr, raw: &[u8]) -> HttpResponse {
+    HttpResponse::parse(&testkit::raw_exchange(addr, raw, Duration::from_secs(20)))
+}
+
+#[test]
+fn the_same_site_answers_the_same_under_nginx_and_the_gateway() {
+    testkit::require("nginx");
+    let uwsgi = testkit::require("uwsgi");
+    let dir = testkit::temp_dir();
+    let d = dir.path();
+    tree(d);
+    let up = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    let mut cmd = Command::new(uwsgi);
+    cmd.args([
+        "--socket",
+        &up.to_string(),
+        "--wsgi-file",
+        "app.py",
+        "--disable-logging",
+    ])
+    .current_dir(d);
+    let mut backend = Peer::spawn("uwsgi", cmd, Some(&d.join("uwsgi.log")));
+    backend.wait_tcp(up, Duration::from_secs(20));
+
+    let nginx_addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    let ndir = d.join("nginx");
+    std::fs::create_dir(&ndir).unwrap();
+    std::fs::copy(d.join("uwsgi_params"), ndir.join("uwsgi_params")).unwrap();
+    let _nginx = testkit::start_nginx(
+        &ndir,
+        &format!(
+            "include /etc/nginx/mime.types;\n{}",
+            site(d, nginx_addr, up)
+        ),
+        nginx_addr,
+    );
+
+    let gw_addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    std::fs::write(d.join("site.conf"), site(d, gw_addr, up)).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(["--nginx-conf", "site.conf"]).current_dir(d);
+    let mut gw = Peer::spawn("gateway", cmd, Some(&d.join("gateway.log")));
+    gw.wait_tcp(gw_addr, Duration::from_secs(20));
+
+    let body_1m: Vec<u8> = (0..1_500_000u32).map(|i| (i % 253) as u8).collect();
+    let body_3m = vec![b'x'; 3 << 20];
+    let post = |path: &str, body: &[u8]| {
+        let mut r = format!(
+            "POST {path} HTTP/1.1\r\nHost: example.com\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    };
+    let get = |path: &str, host: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").into_bytes()
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("exact return", get("/health", "example.com")),
+        ("alias", get("/static/site.css", "example.com")),
+        ("alias, nested", get("/static/js/app.js", "www.example.com")),
+        ("alias dir without index", get("/static/", "example.com")),
+        ("alias, no slash", get("/media/up.txt", "example.com")),
+        ("regex over prefix", get("/static/x/logo.png", "example.com")),
+        ("regex", get("/pics/logo.PNG", "example.com")),
+        ("root index", get("/index.html", "example.com")),
+        ("try_files dir", get("/docs/", "example.com")),
+        ("try_files file", get("/docs/a.txt", "example.com")),
+        ("try_files =404", get("/docs/missing.txt", "example.com")),
+        ("return with variables", get("/old/page?x=1&y=2", "Example.com:81")),
+        ("pass", get("/app/caf%C3%A9?q=1&r=%20", "example.com")),
+        ("pass, second server name", get("/app/x", "www.example.com")),
+        ("pass, encoded slash kept raw in REQUEST_URI", get("/app/a%2Fb", "example.com")),
+        ("pass, dot segments", get("/app/./x/../y", "example.com")),
+        ("above the root", get("/media/../../etc/passwd", "example.com")),
+        ("other server", get("/", "other.example")),
+        ("unknown host: first server", get("/health", "nobody.example")),
+        ("post 1.5 MB", post("/form", &body_1m)),
+        ("post over client_max_body_size", post("/form", &body_3m)),
+        (
+            "chunked post",
+            b"POST /chunked HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "head",
+            b"HEAD /static/site.css HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+    ];
+    for (what, raw) in &cases {
+        let n = exchange(nginx_addr, raw);
+        let g = exchange(gw_addr, raw);
+        assert_eq!(g.status, n.status, "{what}: status\n{}", gw.log());
+        for h in ["content-type", "location", "x-app"] {
+            let strip_port = |v: Option<&str>| {
+                v.map(|v| {
+                    v.replace(&nginx_addr.port().to_string(), "P")
+                        .replace(&gw_addr.port().to_string(), "P")
+                })
+            };
+            assert_eq!(
+                strip_port(g.header(h)),
+                strip_port(n.header(h)),
+                "{what}: {h}"
+            );
+        }
+        if n.status < 300 {
+            assert_eq!(g.text(), n.text(), "{what}: body");
+        }
+    }
+    assert!(
+        !gw.log().contains("ERROR"),
+        "no errors logged: {}",
+        gw.log()
+    );
+}
+
+#[test]
+fn unsupported_directives_are_errors_with_file_and_line() {
+    let dir = testkit::temp_dir();
+    std::fs::write(
+        dir.path().join("site.conf"),
+        "server {\n    listen 127.0.0.1:1;\n    sendfile on;\n    location / {\n        proxy_pass http://127.0.0.1:2;\n    }\n}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--nginx-conf", "site.conf"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\"proxy_pass\" is not supported") && text.contains("site.conf:5"),
+        "{text}"
+    );
+}
