@@ -499,13 +499,17 @@ impl Master<'_> {
             let w = self.workers.swap_remove(i);
             match &w.state {
                 State::Retiring { reason, .. } => {
-                    tracing::info!("worker {} (pid {pid}) retired ({reason}, {how})", w.id);
+                    tracing::info!(
+                        "{} {} (pid {pid}) retired ({reason}, {how})",
+                        self.role(w.id),
+                        w.id
+                    );
                 }
                 State::Old => {
                     tracing::info!("old worker {} (pid {pid}) exited ({how})", w.id);
                 }
                 State::Serving if self.stopping.is_some() => {
-                    tracing::info!("worker {} (pid {pid}) stopped ({how})", w.id);
+                    tracing::info!("{} {} (pid {pid}) stopped ({how})", self.role(w.id), w.id);
                 }
                 State::Serving => {
                     let Some(slot) = self.slots.get_mut(w.id - 1) else {
@@ -520,7 +524,8 @@ impl Master<'_> {
                     };
                     slot.next_spawn = Some(Instant::now() + delay);
                     tracing::error!(
-                        "worker {} (pid {pid}) died ({how}){}; respawning in {:.1} s",
+                        "{} {} (pid {pid}) died ({how}){}; respawning in {:.1} s",
+                        self.role(w.id),
                         w.id,
                         if w.ready { "" } else { " before it was ready" },
                         delay.as_secs_f64()

@@ -151,7 +151,7 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
     // Graceful stop: no new connections, the accepted ones finish.
     acceptors.stop();
     tracing::info!(
-        "worker {id} (pid {}) stopping: {} connection(s) to finish",
+        "{role} {id} (pid {}) stopping: {} connection(s) to finish",
         std::process::id(),
         stack.connections()
     );
