@@ -42,6 +42,9 @@ pub enum Protocol {
     Uwsgi,
     /// `scgi_pass`: one request per connection, a CGI response.
     Scgi,
+    /// `fastcgi_pass`: one request per connection (nginx's default, `fastcgi_keep_conn
+    /// off`), the body in STDIN records, a CGI response in STDOUT records.
+    FastCgi,
 }
 
 /// The connection a request came on.
@@ -246,6 +249,7 @@ impl Pass {
         let flavor = match self.protocol {
             Protocol::Uwsgi => Flavor::Uwsgi,
             Protocol::Scgi => Flavor::Scgi,
+            Protocol::FastCgi => Flavor::FastCgi,
         };
         let mut builder = EnvBuilder::new(flavor)
             .https(conn.https)
@@ -284,6 +288,12 @@ impl Pass {
             Protocol::Scgi => cgi_family::scgi::encode_request(&env, &mut request)
                 .map(drop)
                 .map_err(|e| e.to_string()),
+            // BEGIN_REQUEST and PARAMS; the body follows in STDIN records.
+            Protocol::FastCgi => {
+                use cgi_family::fastcgi;
+                fastcgi::encode_begin_request(1, fastcgi::Role::RESPONDER, false, &mut request);
+                fastcgi::encode_params_stream(1, &env, &mut request).map_err(|e| e.to_string())
+            }
         };
         if let Err(e) = encoded {
             tracing::error!("the request does not fit the protocol: {e}");
@@ -426,8 +436,40 @@ impl Pass {
                 ))
             })
         };
+        let fastcgi = self.protocol == Protocol::FastCgi;
+        // FastCGI: the body as STDIN records, ended by an empty one.
+        let framed = |data: &[u8]| -> std::io::Result<Bytes> {
+            if !fastcgi {
+                return Ok(Bytes::copy_from_slice(data));
+            }
+            let mut out = BytesMut::with_capacity(data.len() + 64);
+            cgi_family::fastcgi::encode_stream(
+                cgi_family::fastcgi::RecordType::STDIN,
+                1,
+                data,
+                &mut out,
+            )
+            .map_err(std::io::Error::other)?;
+            Ok(out.freeze())
+        };
+        let end = || {
+            let mut out = BytesMut::new();
+            if fastcgi {
+                let _ = cgi_family::fastcgi::encode_record(
+                    cgi_family::fastcgi::RecordType::STDIN,
+                    1,
+                    &[],
+                    &mut out,
+                );
+            }
+            out
+        };
         match body {
-            Spooled::Memory(b) => timed(tokio::time::timeout(send, s.write_all(b)).await),
+            Spooled::Memory(b) => {
+                let b = framed(b)?;
+                timed(tokio::time::timeout(send, s.write_all(&b)).await)?;
+                timed(tokio::time::timeout(send, s.write_all(&end())).await)
+            }
             Spooled::File(f, len) => {
                 let mut at = 0;
                 while at < *len {
@@ -441,9 +483,10 @@ impl Pass {
                     .await
                     .map_err(std::io::Error::other)??;
                     at += block.len() as u64;
+                    let block = framed(&block)?;
                     timed(tokio::time::timeout(send, s.write_all(&block)).await)?;
                 }
-                Ok(())
+                timed(tokio::time::timeout(send, s.write_all(&end())).await)
             }
         }
     }
@@ -466,9 +509,20 @@ impl Pass {
         if let Err(e) = sent.await {
             return Err(TryError::Upstream(format!("sending the request: {e}")));
         }
+        if self.protocol == Protocol::FastCgi {
+            s = fastcgi_stdout(s, addr.to_string());
+        }
         // The response head.
         let mut buf = BytesMut::with_capacity(16 * 1024);
-        let mut decoder = ResponseHeadDecoder::new(HeadOptions::default());
+        let mut decoder = ResponseHeadDecoder::new(HeadOptions {
+            // nginx skips an HTTP status line from a FastCGI app (it uses Status:).
+            status_line: if self.protocol == Protocol::FastCgi {
+                cgi_family::StatusLine::Ignore
+            } else {
+                cgi_family::StatusLine::Accept
+            },
+            ..HeadOptions::default()
+        });
         let head = loop {
             match decoder.decode(&buf) {
                 Ok(Some(h)) => break h,
@@ -571,6 +625,48 @@ impl Pass {
             })
             .map_err(|e| TryError::Upstream(e.to_string()))
     }
+}
+
+/// Turns a FastCGI connection into the plain byte stream of its STDOUT records (STDERR
+/// is logged; END_REQUEST or a bad record ends the stream).
+fn fastcgi_stdout(mut s: Box<dyn Stream>, backend: String) -> Box<dyn Stream> {
+    use cgi_family::fastcgi::{ResponseDecoder, ResponseEvent};
+    let (mine, theirs) = tokio::io::duplex(256 * 1024);
+    tokio::spawn(async move {
+        let mut out = mine;
+        let mut decoder = ResponseDecoder::new(1);
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        loop {
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(ResponseEvent::Stdout(data))) => {
+                        if out.write_all(&data).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Some(ResponseEvent::Stderr(text))) => {
+                        tracing::warn!(
+                            "FastCGI {backend} says: {}",
+                            String::from_utf8_lossy(&text).trim_end()
+                        );
+                    }
+                    Ok(Some(ResponseEvent::End(_))) => return,
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!("bad FastCGI stream from {backend}: {e}");
+                        return;
+                    }
+                }
+            }
+            buf.reserve(64 * 1024);
+            match s.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    Box::new(theirs)
 }
 
 /// A backend's response body, as it arrives.

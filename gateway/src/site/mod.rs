@@ -463,19 +463,20 @@ impl Reader<'_> {
                 "alias" => alias = Some(PathBuf::from(one_arg(x)?)),
                 "uwsgi_pass" => pass_directive = Some((x, Protocol::Uwsgi)),
                 "scgi_pass" => pass_directive = Some((x, Protocol::Scgi)),
-                "uwsgi_param" | "scgi_param" => match x.args.as_slice() {
+                "fastcgi_pass" => pass_directive = Some((x, Protocol::FastCgi)),
+                "uwsgi_param" | "scgi_param" | "fastcgi_param" => match x.args.as_slice() {
                     [k, v] | [k, v, _] => params.push((k.clone(), v.clone())),
                     _ => return Err(err(x, "invalid number of arguments")),
                 },
-                "uwsgi_read_timeout" | "scgi_read_timeout" => {
+                "uwsgi_read_timeout" | "scgi_read_timeout" | "fastcgi_read_timeout" => {
                     timeouts.read =
                         parse_duration(one_arg(x)?).ok_or_else(|| err(x, "invalid value"))?;
                 }
-                "uwsgi_send_timeout" | "scgi_send_timeout" => {
+                "uwsgi_send_timeout" | "scgi_send_timeout" | "fastcgi_send_timeout" => {
                     timeouts.send =
                         parse_duration(one_arg(x)?).ok_or_else(|| err(x, "invalid value"))?;
                 }
-                "uwsgi_connect_timeout" | "scgi_connect_timeout" => {
+                "uwsgi_connect_timeout" | "scgi_connect_timeout" | "fastcgi_connect_timeout" => {
                     timeouts.connect =
                         parse_duration(one_arg(x)?).ok_or_else(|| err(x, "invalid value"))?;
                 }
@@ -485,7 +486,7 @@ impl Reader<'_> {
                         "nested locations are not supported by this version of the gateway yet",
                     ));
                 }
-                "proxy_pass" | "fastcgi_pass" | "grpc_pass" => {
+                "proxy_pass" | "grpc_pass" => {
                     return Err(err(
                         x,
                         format!(
@@ -975,6 +976,7 @@ fn stock_params(protocol: Protocol) -> Vec<(String, String)> {
     let name = match protocol {
         Protocol::Uwsgi => "uwsgi_params",
         Protocol::Scgi => "scgi_params",
+        Protocol::FastCgi => "fastcgi_params",
     };
     crate::config::nginx::stock_file(name)
         .and_then(|t| crate::config::nginx::parse_str(t, name).ok())

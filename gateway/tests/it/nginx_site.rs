@@ -216,3 +216,98 @@ fn unsupported_directives_are_errors_with_file_and_line() {
         "{text}"
     );
 }
+
+const FLUP: &str = r#"
+import hashlib, sys
+def app(environ, start_response):
+    n = int(environ.get("CONTENT_LENGTH") or 0)
+    data = environ["wsgi.input"].read(n)
+    keys = ["REQUEST_METHOD", "REQUEST_URI", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING",
+            "DOCUMENT_URI", "SERVER_NAME", "CONTENT_LENGTH", "CONTENT_TYPE", "HTTP_X_TEST", "APP_MODE"]
+    lines = ["%s=%s" % (k, environ.get(k, "-")) for k in keys]
+    lines.append("body=%d:%s" % (len(data), hashlib.sha256(data).hexdigest()[:16]))
+    start_response("202 Accepted", [("Content-Type", "text/plain"), ("X-Proto", sys.argv[1])])
+    return ["\n".join(lines).encode("latin-1")]
+if sys.argv[1] == "fcgi":
+    from flup.server.fcgi import WSGIServer
+else:
+    from flup.server.scgi import WSGIServer
+WSGIServer(app, bindAddress=("127.0.0.1", int(sys.argv[2]))).run()
+"#;
+
+#[test]
+fn fastcgi_pass_and_scgi_pass_to_flup_answer_as_under_nginx() {
+    testkit::require("nginx");
+    let python = testkit::require("python3");
+    let dir = testkit::temp_dir();
+    let d = dir.path();
+    std::fs::write(d.join("flup_app.py"), FLUP).unwrap();
+    let mut backends = Vec::new();
+    let mut ports = Vec::new();
+    for proto in ["fcgi", "scgi"] {
+        let port = testkit::free_port();
+        let mut cmd = Command::new(&python);
+        cmd.args(["flup_app.py", proto, &port.to_string()])
+            .current_dir(d);
+        let mut p = Peer::spawn(proto, cmd, Some(&d.join(format!("{proto}.log"))));
+        p.wait_tcp(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(20),
+        );
+        backends.push(p);
+        ports.push(port);
+    }
+    for f in ["fastcgi_params", "scgi_params"] {
+        std::fs::write(d.join(f), gateway::config::nginx::stock_file(f).unwrap()).unwrap();
+    }
+    let conf = |listen: SocketAddr| {
+        format!(
+            "server {{\n  listen {listen};\n  server_name cgi.example;\n  client_max_body_size 8m;\n\
+             \x20 location /fcgi/ {{ fastcgi_pass 127.0.0.1:{}; include fastcgi_params; fastcgi_param APP_MODE fast-$request_method; }}\n\
+             \x20 location /scgi/ {{ scgi_pass 127.0.0.1:{}; include scgi_params; scgi_param APP_MODE simple; }}\n}}\n",
+            ports[0], ports[1]
+        )
+    };
+    let nginx_addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    let ndir = d.join("nginx");
+    std::fs::create_dir(&ndir).unwrap();
+    for f in ["fastcgi_params", "scgi_params"] {
+        std::fs::copy(d.join(f), ndir.join(f)).unwrap();
+    }
+    let _nginx = testkit::start_nginx(&ndir, &conf(nginx_addr), nginx_addr);
+    let gw_addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    std::fs::write(d.join("site.conf"), conf(gw_addr)).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(["--nginx-conf", "site.conf"]).current_dir(d);
+    let mut gw = Peer::spawn("gateway", cmd, Some(&d.join("gateway.log")));
+    gw.wait_tcp(gw_addr, Duration::from_secs(20));
+
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+    for prefix in ["/fcgi", "/scgi"] {
+        let mut requests = vec![
+            format!("GET {prefix}/a/b?x=1&y=%20 HTTP/1.1\r\nHost: cgi.example\r\nX-Test: yes\r\nConnection: close\r\n\r\n").into_bytes(),
+        ];
+        for body in [&b"small body"[..], &big[..]] {
+            let mut r = format!(
+                "POST {prefix}/up HTTP/1.1\r\nHost: cgi.example\r\nContent-Type: application/x-test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            r.extend_from_slice(body);
+            requests.push(r);
+        }
+        for raw in &requests {
+            let n = exchange(nginx_addr, raw);
+            let g = exchange(gw_addr, raw);
+            let what = String::from_utf8_lossy(&raw[..40]).into_owned();
+            assert_eq!(
+                (g.status, g.header("x-proto")),
+                (n.status, n.header("x-proto")),
+                "{what}\n{}",
+                gw.log()
+            );
+            assert_eq!(g.header("content-type"), n.header("content-type"), "{what}");
+            assert_eq!(g.text(), n.text(), "{what}");
+        }
+    }
+}
