@@ -131,6 +131,27 @@ fn the_django_stack_example_end_to_end() {
         base: format!("http://127.0.0.1:{port}"),
     };
 
+    // `manage.py check --deploy`: only the HTTPS-only warnings (the example serves HTTP).
+    let check = Command::new(site().join(".venv/bin/python"))
+        .args(["manage.py", "check", "--deploy"])
+        .current_dir(site())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stderr).into_owned()
+        + &String::from_utf8_lossy(&check.stdout);
+    let found: Vec<&str> = text
+        .split("(security.")
+        .skip(1)
+        .filter_map(|w| w.split(')').next())
+        .collect();
+    assert!(
+        found
+            .iter()
+            .all(|w| ["W004", "W008", "W012", "W016"].contains(w)),
+        "{text}"
+    );
+    assert!(!text.contains("ERRORS"), "{text}");
+
     // The admin: log in through the CSRF-protected form.
     let token = c.csrf("/admin/login/");
     let (status, _) = c.call(&[
@@ -234,6 +255,9 @@ fn the_django_stack_example_end_to_end() {
         "the admin's collected CSS"
     );
 
+    // A real browser: the pages render with their CSS.
+    browser_checks(&c.base, tmp.path());
+
     // The same pages under uWSGI's own HTTP server and static maps.
     let uwsgi = testkit::require("uwsgi");
     let up = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
@@ -323,4 +347,154 @@ fn the_django_stack_example_end_to_end() {
         std::fs::read_to_string(s.join("staticfiles/css/site.css")).unwrap()
     );
     assert_eq!(plain(format!("http://127.0.0.1:{other}{media}")), content);
+}
+
+/// A minimal W3C WebDriver client for chromedriver (JSON over HTTP/1.1 on loopback).
+struct Browser {
+    addr: SocketAddr,
+    session: String,
+    _driver: testkit::Peer,
+}
+
+fn webdriver(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let payload = body.to_string();
+    let mut s = std::net::TcpStream::connect(addr).expect("chromedriver");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        payload.len()
+    )
+    .unwrap();
+    // Read the head, then Content-Length bytes (chromedriver may keep the connection).
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if raw.len() >= end + 4 + len || n == 0 {
+                break;
+            }
+        } else if n == 0 {
+            break;
+        }
+    }
+    let r = testkit::HttpResponse::parse(&raw);
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {}", r.text()))
+}
+
+impl Browser {
+    fn start(dir: &Path) -> Self {
+        let driver = testkit::require("chromedriver");
+        let port = testkit::free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut cmd = Command::new(driver);
+        cmd.arg(format!("--port={port}"));
+        let mut peer =
+            testkit::Peer::spawn("chromedriver", cmd, Some(&dir.join("chromedriver.log")));
+        peer.wait_tcp(addr, Duration::from_secs(20));
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "binary": testkit::require("chromium"),
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1024,768", &format!("--user-data-dir={}", dir.join("profile").display())]
+        }}}});
+        let r = webdriver(addr, "POST", "/session", &caps);
+        let session = r["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {r}"))
+            .to_owned();
+        Self {
+            addr,
+            session,
+            _driver: peer,
+        }
+    }
+
+    fn open(&self, url: &str) {
+        let r = webdriver(
+            self.addr,
+            "POST",
+            &format!("/session/{}/url", self.session),
+            &serde_json::json!({"url": url}),
+        );
+        assert!(r["value"].is_null(), "{r}");
+    }
+
+    fn eval(&self, script: &str) -> serde_json::Value {
+        webdriver(
+            self.addr,
+            "POST",
+            &format!("/session/{}/execute/sync", self.session),
+            &serde_json::json!({"script": script, "args": []}),
+        )["value"]
+            .clone()
+    }
+
+    /// Saves a PNG screenshot (kept under target/artifacts/ for CI).
+    fn screenshot(&self, name: &str) -> PathBuf {
+        use base64::Engine;
+        let r = webdriver(
+            self.addr,
+            "GET",
+            &format!("/session/{}/screenshot", self.session),
+            &serde_json::json!({}),
+        );
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(r["value"].as_str().expect("a screenshot"))
+            .unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        let dir = root().join("target/artifacts");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, png).unwrap();
+        path
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = webdriver(
+            self.addr,
+            "DELETE",
+            &format!("/session/{}", self.session),
+            &serde_json::json!({}),
+        );
+    }
+}
+
+/// Headless Chromium loads the front page and the admin: the CSS arrived (computed style).
+fn browser_checks(base: &str, dir: &Path) {
+    let b = Browser::start(dir);
+    b.open(&format!("{base}/"));
+    assert_eq!(b.eval("return document.title"), "Notes · django_stack");
+    // site.css sets the body's color: only a loaded stylesheet gives it.
+    assert_eq!(
+        b.eval("return getComputedStyle(document.body).color"),
+        "rgb(20, 60, 90)"
+    );
+    let shot = b.screenshot("django_stack_front.png");
+    assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
+    b.open(&format!("{base}/admin/login/"));
+    let header =
+        b.eval("return getComputedStyle(document.querySelector('#header')).backgroundColor");
+    assert!(
+        header
+            .as_str()
+            .is_some_and(|c| c.starts_with("rgb(") && c != "rgba(0, 0, 0, 0)"),
+        "the admin's CSS colours its header: {header}"
+    );
+    b.screenshot("django_stack_admin.png");
 }

@@ -14,7 +14,7 @@
 //!          location = /health { return 200 ok; }
 //!          location /static { alias /srv/static; }
 //!          location ~* \\.(png|jpg)$ { root /srv/images; }
-//!          location / { uwsgi_pass django; include uwsgi_params; }
+//!          location / { uwsgi_pass django; uwsgi_param APP_ENV production; }
 //!      }",
 //!     "site.conf",
 //! )?;
