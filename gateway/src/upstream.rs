@@ -417,8 +417,13 @@ impl Upstream {
     }
 
     /// Reports how a request to server `index` went (passive health): `max_fails`
-    /// failures within `fail_timeout` make the server skipped for `fail_timeout`.
+    /// failures within `fail_timeout` make the server skipped for `fail_timeout` (never
+    /// in a group of one server, as with nginx).
     pub fn report(&self, index: usize, ok: bool) {
+        // As nginx: a group of one server never marks it unavailable.
+        if self.peers.len() == 1 {
+            return;
+        }
         let spec = &self.peers[index].spec;
         let now = Instant::now();
         let mut state = self.lock();
@@ -554,6 +559,15 @@ mod tests {
         let second = u.pick(&PickContext::default(), &[first]).unwrap().index;
         assert_ne!(first, second);
         assert!(u.pick(&PickContext::default(), &[0, 1]).is_none());
+    }
+
+    #[test]
+    fn a_single_server_is_never_marked_failed() {
+        let u = pool(&["127.0.0.1:1 max_fails=1"], Policy::RoundRobin);
+        u.report(0, false);
+        u.report(0, false);
+        assert!(!u.is_failed(0));
+        assert!(u.pick(&PickContext::default(), &[]).is_some());
     }
 
     #[test]
