@@ -17,6 +17,7 @@ pub mod handler;
 pub mod listen;
 pub mod pass;
 pub mod process;
+pub mod proxy;
 mod server;
 pub mod site;
 pub mod upstream;

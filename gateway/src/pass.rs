@@ -336,7 +336,7 @@ impl Pass {
                     tracing::debug!("upstream {} answered in {:?}", pick.addr, started.elapsed());
                     // The pick (least_conn's count) lasts until the body is read.
                     return response.map(|mut b| {
-                        b.pick = Some(pick);
+                        b.keep(pick);
                         Body::Pass(b)
                     });
                 }
@@ -618,11 +618,7 @@ impl Pass {
             }
         });
         response
-            .body(PassBody {
-                rx,
-                length,
-                pick: None,
-            })
+            .body(PassBody::channel(rx, length))
             .map_err(|e| TryError::Upstream(e.to_string()))
     }
 }
@@ -669,13 +665,90 @@ fn fastcgi_stdout(mut s: Box<dyn Stream>, backend: String) -> Box<dyn Stream> {
     Box::new(theirs)
 }
 
-/// A backend's response body, as it arrives.
+/// A body passed between a client and a backend, as it arrives (also the request body
+/// the HTTP proxy sends).
 #[derive(Debug)]
 pub struct PassBody {
-    pub(crate) rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    pub(crate) rx: Option<mpsc::Receiver<std::io::Result<Bytes>>>,
+    pub(crate) full: Option<Bytes>,
     pub(crate) length: Option<u64>,
     /// The server it comes from (its `least_conn` count lasts as long as the body).
     pick: Option<crate::upstream::Pick>,
+}
+
+impl Default for PassBody {
+    fn default() -> Self {
+        Self::full(Bytes::new())
+    }
+}
+
+impl PassBody {
+    /// A body of these bytes.
+    pub fn full(b: Bytes) -> Self {
+        Self {
+            length: Some(b.len() as u64),
+            full: (!b.is_empty()).then_some(b),
+            rx: None,
+            pick: None,
+        }
+    }
+
+    /// A body fed by a channel (`length` if known).
+    pub fn channel(rx: mpsc::Receiver<std::io::Result<Bytes>>, length: Option<u64>) -> Self {
+        Self {
+            rx: Some(rx),
+            full: None,
+            length,
+            pick: None,
+        }
+    }
+
+    /// Keeps the server's pick (its `least_conn` count) until the body is dropped.
+    pub fn keep(&mut self, pick: crate::upstream::Pick) {
+        self.pick = Some(pick);
+    }
+}
+
+impl http_body::Body for PassBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        if let Some(b) = self.full.take() {
+            self.length = self.length.map(|n| n.saturating_sub(b.len() as u64));
+            return Poll::Ready(Some(Ok(http_body::Frame::data(b))));
+        }
+        let Some(rx) = self.rx.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(b))) => {
+                self.length = self.length.map(|n| n.saturating_sub(b.len() as u64));
+                Poll::Ready(Some(Ok(http_body::Frame::data(b))))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => {
+                self.rx = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.full.is_none() && (self.rx.is_none() || self.length == Some(0))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.length.map_or_else(
+            http_body::SizeHint::default,
+            http_body::SizeHint::with_exact,
+        )
+    }
 }
 
 fn version(v: http::Version) -> &'static str {

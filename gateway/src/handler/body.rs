@@ -87,15 +87,7 @@ impl http_body::Body for Body {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
-            Self::Pass(p) => match p.rx.poll_recv(cx) {
-                Poll::Ready(Some(Ok(b))) => {
-                    p.length = p.length.map(|n| n.saturating_sub(b.len() as u64));
-                    Poll::Ready(Some(Ok(Frame::data(b))))
-                }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
+            Self::Pass(p) => Pin::new(p).poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -104,7 +96,7 @@ impl http_body::Body for Body {
             Self::Wsgi(b) => b.is_end_stream(),
             Self::Full(b) => b.is_none(),
             Self::File { left, .. } => *left == 0,
-            Self::Pass(p) => p.length == Some(0),
+            Self::Pass(p) => http_body::Body::is_end_stream(p),
         }
     }
 

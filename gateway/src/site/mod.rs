@@ -128,6 +128,8 @@ struct Location {
     settings: Settings,
     alias: Option<PathBuf>,
     pass: Option<(Arc<Pass>, Params)>,
+    /// `proxy_pass` and the location's `proxy_set_header` lines.
+    proxy: Option<(Arc<crate::proxy::Proxy>, Params)>,
 }
 
 #[derive(Debug)]
@@ -420,6 +422,37 @@ impl Reader<'_> {
         Ok(Arc::new(Pass::new(pool, protocol).timeouts(timeouts)))
     }
 
+    fn proxy(
+        &mut self,
+        d: &Directive,
+        timeouts: Timeouts,
+    ) -> Result<Arc<crate::proxy::Proxy>, NginxError> {
+        let target = one_arg(d)?;
+        let Some(rest) = target.strip_prefix("http://") else {
+            return Err(err(
+                d,
+                format!(
+                    "\"proxy_pass {target}\": only http:// backends are supported by this version"
+                ),
+            ));
+        };
+        let (host, uri) = match rest.find('/') {
+            Some(i) => (&rest[..i], Some(rest[i..].to_owned())),
+            None => (rest, None),
+        };
+        let pool = match self.upstreams.get(host) {
+            Some(u) => u.clone(),
+            None => {
+                let spec = ServerSpec::parse(host)
+                    .map_err(|e| err(d, format!("{e} (no upstream \"{host}\" either)")))?;
+                Arc::new(Upstream::new(host, vec![spec], Policy::RoundRobin))
+            }
+        };
+        Ok(Arc::new(crate::proxy::Proxy::with_timeouts(
+            pool, uri, timeouts,
+        )))
+    }
+
     fn location(&mut self, d: &Directive, inherited: &Settings) -> Result<Location, NginxError> {
         let (matcher, label) = match d.args.as_slice() {
             [m, p] if m == "=" => (Matcher::Exact(p.clone()), format!("= {p}")),
@@ -455,6 +488,8 @@ impl Reader<'_> {
         let mut params = Vec::new();
         let mut timeouts = Timeouts::default();
         let mut pass_directive = None;
+        let mut proxy_directive = None;
+        let mut proxy_headers = Vec::new();
         for x in d.block.as_deref().unwrap_or_default() {
             if setting(x, &mut settings)? {
                 continue;
@@ -486,7 +521,21 @@ impl Reader<'_> {
                         "nested locations are not supported by this version of the gateway yet",
                     ));
                 }
-                "proxy_pass" | "grpc_pass" => {
+                "proxy_pass" => proxy_directive = Some(x),
+                "proxy_set_header" => match x.args.as_slice() {
+                    [k, v] => proxy_headers.push((k.clone(), v.clone())),
+                    _ => return Err(err(x, "invalid number of arguments")),
+                },
+                "proxy_read_timeout" => {
+                    timeouts.read =
+                        parse_duration(one_arg(x)?).ok_or_else(|| err(x, "invalid value"))?;
+                }
+                "proxy_connect_timeout" => {
+                    timeouts.connect =
+                        parse_duration(one_arg(x)?).ok_or_else(|| err(x, "invalid value"))?;
+                }
+                "proxy_http_version" | "proxy_redirect" | "proxy_buffering" => self.harmless(x)?,
+                "grpc_pass" => {
                     return Err(err(
                         x,
                         format!(
@@ -507,6 +556,10 @@ impl Reader<'_> {
             params.retain(|p| !stock.contains(p) || p.0 == "DOCUMENT_ROOT" || p.0 == "SERVER_NAME");
             pass = Some((self.pass(x, protocol, timeouts)?, params));
         }
+        let proxy = match proxy_directive {
+            Some(x) => Some((self.proxy(x, timeouts)?, proxy_headers)),
+            None => None,
+        };
         if alias.is_some() && settings.root.is_some() && inherited.root != settings.root {
             return Err(err(d, "\"alias\" and \"root\" in the same location"));
         }
@@ -516,6 +569,7 @@ impl Reader<'_> {
             settings,
             alias,
             pass,
+            proxy,
         })
     }
 }
@@ -811,6 +865,23 @@ impl Site {
             if let Some(ret) = &settings.ret {
                 let vars = self.vars(&req, conn, &request_uri, &uri, &args, server, &root);
                 return returned(ret, &vars, &settings.default_type);
+            }
+            if let Some(Location {
+                proxy: Some((proxy, headers)),
+                matcher,
+                ..
+            }) = location
+            {
+                let vars = self.vars(&req, conn, &request_uri, &uri, &args, server, &root);
+                let headers: Vec<(String, String)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), vars.expand(v)))
+                    .collect();
+                let prefix = match matcher {
+                    Matcher::Prefix { path, .. } => path.as_str(),
+                    _ => "",
+                };
+                return proxy.handle_under(req, conn, &headers, prefix).await;
             }
             if let Some(Location {
                 pass: Some((pass, params)),

@@ -71,6 +71,13 @@ impl RequestVars<'_> {
             "content_type" => header("content-type"),
             "content_length" => header("content-length"),
             "document_root" => self.document_root.to_owned(),
+            "proxy_add_x_forwarded_for" => {
+                let ip = self.peer.map(|p| p.ip().to_string()).unwrap_or_default();
+                match header("x-forwarded-for") {
+                    prev if prev.is_empty() => ip,
+                    prev => format!("{prev}, {ip}"),
+                }
+            }
             _ => {
                 if let Some(h) = name.strip_prefix("http_") {
                     return header(&h.replace('_', "-"));

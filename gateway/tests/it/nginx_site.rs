@@ -200,7 +200,7 @@ fn unsupported_directives_are_errors_with_file_and_line() {
     let dir = testkit::temp_dir();
     std::fs::write(
         dir.path().join("site.conf"),
-        "server {\n    listen 127.0.0.1:1;\n    sendfile on;\n    location / {\n        proxy_pass http://127.0.0.1:2;\n    }\n}\n",
+        "server {\n    listen 127.0.0.1:1;\n    sendfile on;\n    location / {\n        grpc_pass grpc://127.0.0.1:2;\n    }\n}\n",
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
@@ -212,7 +212,7 @@ fn unsupported_directives_are_errors_with_file_and_line() {
     let text =
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("\"proxy_pass\" is not supported") && text.contains("site.conf:5"),
+        text.contains("\"grpc_pass\" is not supported") && text.contains("site.conf:5"),
         "{text}"
     );
 }
@@ -310,4 +310,94 @@ fn fastcgi_pass_and_scgi_pass_to_flup_answer_as_under_nginx() {
             assert_eq!(g.text(), n.text(), "{what}");
         }
     }
+}
+
+const HTTP_BACKEND: &str = r#"
+import hashlib
+def application(environ, start_response):
+    n = int(environ.get("CONTENT_LENGTH") or 0)
+    data = environ["wsgi.input"].read(n)
+    keys = ["REQUEST_METHOD", "RAW_URI", "HTTP_HOST", "HTTP_X_REAL_IP", "HTTP_X_FORWARDED_FOR",
+            "HTTP_X_FORWARDED_PROTO", "HTTP_X_CUSTOM", "HTTP_KEEP_ALIVE", "CONTENT_TYPE"]
+    lines = ["%s=%s" % (k, environ.get(k, "-")) for k in keys]
+    lines.append("body=%d:%s" % (len(data), hashlib.sha256(data).hexdigest()[:16]))
+    start_response("200 OK", [("Content-Type", "text/plain"), ("X-Backend", "gunicorn")])
+    return ["\n".join(lines).encode("latin-1")]
+"#;
+
+#[test]
+fn proxy_pass_to_http_backends_sets_the_headers_nginx_users_set() {
+    testkit::require("nginx");
+    let gunicorn = testkit::require("gunicorn");
+    let dir = testkit::temp_dir();
+    let d = dir.path();
+    std::fs::write(d.join("backend.py"), HTTP_BACKEND).unwrap();
+    let mut backends = Vec::new();
+    let mut addrs = Vec::new();
+    for n in 0..2 {
+        let addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+        let mut cmd = Command::new(&gunicorn);
+        cmd.args(["-b", &addr.to_string(), "-w", "1", "backend:application"])
+            .current_dir(d);
+        let mut p = Peer::spawn("gunicorn", cmd, Some(&d.join(format!("gunicorn{n}.log"))));
+        p.wait_tcp(addr, Duration::from_secs(30));
+        backends.push(p);
+        addrs.push(addr);
+    }
+    let conf = |listen: SocketAddr| {
+        format!(
+            "upstream api {{ server {}; server {}; }}\n\
+             server {{\n  listen {listen};\n  server_name proxy.example;\n\
+             \x20 location /api/ {{\n    proxy_pass http://api/v1/;\n    proxy_set_header Host $host;\n\
+             \x20   proxy_set_header X-Real-IP $remote_addr;\n    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+             \x20   proxy_set_header X-Forwarded-Proto $scheme;\n    proxy_set_header X-Custom \"$request_method $uri\";\n  }}\n\
+             \x20 location / {{ proxy_pass http://{}; proxy_set_header Host $host; proxy_set_header X-Real-IP $remote_addr; \
+             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme; }}\n}}\n",
+            addrs[0], addrs[1], addrs[0]
+        )
+    };
+    let nginx_addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    let ndir = d.join("nginx");
+    std::fs::create_dir(&ndir).unwrap();
+    let _nginx = testkit::start_nginx(&ndir, &conf(nginx_addr), nginx_addr);
+    let gw_addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    std::fs::write(d.join("site.conf"), conf(gw_addr)).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(["--nginx-conf", "site.conf"]).current_dir(d);
+    let mut gw = Peer::spawn("gateway", cmd, Some(&d.join("gateway.log")));
+    gw.wait_tcp(gw_addr, Duration::from_secs(20));
+
+    let body = vec![b'q'; 300_000];
+    let mut post = b"POST /api/items?id=7 HTTP/1.1\r\nHost: proxy.example\r\nContent-Type: application/json\r\nContent-Length: 300000\r\nConnection: close\r\n\r\n".to_vec();
+    post.extend_from_slice(&body);
+    let requests: Vec<Vec<u8>> = vec![
+        b"GET /api/items/3?x=1 HTTP/1.1\r\nHost: proxy.example:8080\r\nX-Forwarded-For: 10.0.0.9\r\nKeep-Alive: timeout=5\r\nConnection: close\r\n\r\n".to_vec(),
+        b"GET /plain/path?y=2 HTTP/1.1\r\nHost: proxy.example\r\nConnection: close\r\n\r\n".to_vec(),
+        post,
+    ];
+    for raw in &requests {
+        let n = exchange(nginx_addr, raw);
+        let g = exchange(gw_addr, raw);
+        let what = String::from_utf8_lossy(&raw[..30]).into_owned();
+        assert_eq!(
+            (g.status, g.header("x-backend")),
+            (n.status, n.header("x-backend")),
+            "{what}\n{}",
+            gw.log()
+        );
+        assert_eq!(g.text(), n.text(), "{what}");
+    }
+    // Both backends get requests (round robin), and one going away costs no GET.
+    let mut seen_errors = 0;
+    drop(backends.remove(1));
+    for _ in 0..6 {
+        let g = exchange(
+            gw_addr,
+            b"GET /api/x HTTP/1.1\r\nHost: proxy.example\r\nConnection: close\r\n\r\n",
+        );
+        if g.status != 200 {
+            seen_errors += 1;
+        }
+    }
+    assert_eq!(seen_errors, 0, "{}", gw.log());
 }
