@@ -303,6 +303,22 @@ impl Stack {
             Proto::Site(i) => self.site.get(i),
             _ => self.app.as_ref(),
         };
+        if let (Proto::Site(i), Some(app)) = (proto, http) {
+            if let Backend::Site { site, .. } = &app.backend {
+                if let Some(tls) = site.tls(i) {
+                    listen::http::serve_tls_connection_until(
+                        s,
+                        tls,
+                        peer,
+                        local,
+                        app,
+                        &self.shutdown,
+                    )
+                    .await;
+                    return;
+                }
+            }
+        }
         if let (Proto::Http | Proto::HttpFront | Proto::Site(_), Some(app)) = (proto, http) {
             listen::http::serve_connection_until(s, peer, local, app, &self.shutdown).await;
             return;

@@ -49,6 +49,7 @@ struct PerConnection {
     app: HttpApp,
     peer: Option<SocketAddr>,
     local: Option<SocketAddr>,
+    https: bool,
     /// Set (and notified) when the first request arrives.
     first: Arc<(AtomicBool, Notify)>,
 }
@@ -83,7 +84,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
         let conn = crate::pass::ConnInfo {
             peer: self.peer,
             local: self.local,
-            https: false,
+            https: self.https,
         };
         Box::pin(async move {
             let start = Instant::now();
@@ -164,37 +165,99 @@ pub async fn serve_connection_until<S>(
                 app: app.clone(),
                 peer,
                 local,
+                https: false,
                 first: first.clone(),
             },
         );
     tokio::pin!(conn);
-    // On shutdown: a connection that has had a request closes after the one in flight;
-    // one accepted just before the stop gets a moment to send its request, which is
-    // served (closing it at once would drop a request the client already sent).
+    let result = drive(conn, &first, shutdown, |c| c.graceful_shutdown()).await;
+    if let Err(e) = result {
+        tracing::debug!("http connection: {e}");
+    }
+}
+
+/// Serves one TLS connection: the handshake (up to 10 s), then HTTP/2 or HTTP/1.1 as ALPN
+/// chose, with the same graceful stop as [`serve_connection_until`].
+pub async fn serve_tls_connection_until<S>(
+    io: S,
+    tls: Arc<rustls::ServerConfig>,
+    peer: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    app: &HttpApp,
+    shutdown: &CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(io)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!("TLS handshake: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    let first = Arc::new((AtomicBool::new(false), Notify::new()));
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    let conn = builder.serve_connection(
+        TokioIo::new(stream),
+        PerConnection {
+            app: app.clone(),
+            peer,
+            local,
+            https: true,
+            first: first.clone(),
+        },
+    );
+    tokio::pin!(conn);
+    let result = drive(conn, &first, shutdown, |c| c.graceful_shutdown()).await;
+    if let Err(e) = result {
+        tracing::debug!("https connection: {e}");
+    }
+}
+
+/// Runs a connection to its end. On shutdown: a connection that has had a request closes
+/// after the one in flight; one accepted just before the stop gets a moment to send its
+/// request, which is served (closing it at once would drop a request the client already
+/// sent).
+async fn drive<C, T, E>(
+    mut conn: Pin<&mut C>,
+    first: &(AtomicBool, Notify),
+    shutdown: &CancellationToken,
+    graceful: impl Fn(Pin<&mut C>),
+) -> Result<T, E>
+where
+    C: Future<Output = Result<T, E>>,
+{
     let mut grace = None;
     let mut closing = false;
-    let result = loop {
+    loop {
         tokio::select! {
-            r = conn.as_mut() => break r,
+            r = conn.as_mut() => return r,
             () = shutdown.cancelled(), if !closing && grace.is_none() => {
                 if first.0.load(Ordering::SeqCst) {
-                    conn.as_mut().graceful_shutdown();
+                    graceful(conn.as_mut());
                     closing = true;
                 } else {
                     grace = Some(Box::pin(tokio::time::sleep(FIRST_REQUEST_GRACE)));
                 }
             }
             () = first.1.notified(), if !closing && grace.is_some() => {
-                conn.as_mut().graceful_shutdown();
+                graceful(conn.as_mut());
                 closing = true;
             }
             () = async { if let Some(g) = grace.as_mut() { g.await } }, if !closing && grace.is_some() => {
-                conn.as_mut().graceful_shutdown();
+                graceful(conn.as_mut());
                 closing = true;
             }
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!("http connection: {e}");
     }
 }

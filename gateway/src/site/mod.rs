@@ -148,6 +148,8 @@ enum ServerName {
 
 #[derive(Debug)]
 struct VirtualServer {
+    /// `ssl_certificate` and `ssl_certificate_key`, loaded.
+    cert: Option<Arc<rustls::sign::CertifiedKey>>,
     listens: Vec<usize>,
     default_for: Vec<usize>,
     names: Vec<ServerName>,
@@ -161,6 +163,57 @@ struct VirtualServer {
 pub struct Site {
     listens: Vec<ListenAddr>,
     servers: Vec<VirtualServer>,
+    /// The TLS configuration of each `listen ... ssl` address.
+    tls: HashMap<usize, Arc<rustls::ServerConfig>>,
+}
+
+/// Chooses a server's certificate by the SNI name, as nginx chooses the server.
+#[derive(Debug)]
+struct Certs {
+    by_name: Vec<(String, Arc<rustls::sign::CertifiedKey>)>,
+    default: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl rustls::server::ResolvesServerCert for Certs {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let name = hello.server_name().map(str::to_ascii_lowercase);
+        let found = name.and_then(|n| {
+            self.by_name.iter().find_map(|(pattern, key)| {
+                let hit = pattern == &n
+                    || pattern
+                        .strip_prefix('*')
+                        .is_some_and(|suffix| n.ends_with(suffix))
+                    || (pattern.starts_with('.')
+                        && (n.ends_with(pattern.as_str()) || n == pattern[1..]));
+                hit.then(|| key.clone())
+            })
+        });
+        Some(found.unwrap_or_else(|| self.default.clone()))
+    }
+}
+
+/// Loads a PEM certificate chain and key (nginx's `ssl_certificate`, `ssl_certificate_key`).
+fn load_cert(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot load certificate \"{}\": {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("cannot load certificate \"{}\": {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("no certificate in \"{}\"", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot load certificate key \"{}\": {e}", key.display()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("unusable certificate key: {e}"))?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(chain, signing)))
 }
 
 fn err(d: &Directive, message: impl Into<String>) -> NginxError {
@@ -279,7 +332,7 @@ fn setting(d: &Directive, s: &mut Settings) -> Result<bool, NginxError> {
     Ok(true)
 }
 
-fn parse_listen(d: &Directive) -> Result<(ListenAddr, bool), NginxError> {
+fn parse_listen(d: &Directive) -> Result<(ListenAddr, bool, bool), NginxError> {
     let Some(addr) = d.args.first() else {
         return Err(err(
             d,
@@ -295,21 +348,17 @@ fn parse_listen(d: &Directive) -> Result<(ListenAddr, bool), NginxError> {
     };
     let parsed = ListenAddr::parse(&spec).map_err(|e| err(d, e.to_string()))?;
     let mut default = false;
+    let mut ssl = false;
     for p in &d.args[1..] {
         match p.as_str() {
             "default_server" | "default" => default = true,
-            "ssl" => {
-                return Err(err(
-                    d,
-                    "\"listen ... ssl\" is not supported by this version of the gateway yet",
-                ));
-            }
+            "ssl" => ssl = true,
             "http2" | "reuseport" | "ipv6only=on" | "deferred" => {}
             p if p.starts_with("backlog=") => {}
             p => return Err(err(d, format!("invalid parameter \"{p}\""))),
         }
     }
-    Ok((parsed, default))
+    Ok((parsed, default, ssl))
 }
 
 fn parse_server_name(name: &str) -> Option<ServerName> {
@@ -609,6 +658,7 @@ impl Site {
         let mut base = Settings::default();
         let mut types = HashMap::new();
         let mut listens: Vec<ListenAddr> = Vec::new();
+        let mut tls_listens: Vec<(usize, Directive)> = Vec::new();
         let mut servers = Vec::new();
         for d in &http_level {
             if d.name == "types" {
@@ -629,6 +679,7 @@ impl Site {
         for d in http_level.iter().filter(|d| d.name == "server") {
             let mut settings = base.clone();
             let mut vs = VirtualServer {
+                cert: None,
                 listens: Vec::new(),
                 default_for: Vec::new(),
                 names: Vec::new(),
@@ -637,10 +688,11 @@ impl Site {
                 base: Settings::default(),
             };
             let block = d.block.as_deref().unwrap_or_default();
+            let (mut cert, mut key) = (None, None);
             for x in block {
                 match x.name.as_str() {
                     "listen" => {
-                        let (addr, default) = parse_listen(x)?;
+                        let (addr, default, ssl) = parse_listen(x)?;
                         let i = listens.iter().position(|l| *l == addr).unwrap_or_else(|| {
                             listens.push(addr);
                             listens.len() - 1
@@ -649,6 +701,19 @@ impl Site {
                         if default {
                             vs.default_for.push(i);
                         }
+                        if ssl {
+                            tls_listens.push((i, x.clone()));
+                        }
+                    }
+                    "ssl_certificate" => cert = Some((x.clone(), one_arg(x)?.to_owned())),
+                    "ssl_certificate_key" => key = Some((x.clone(), one_arg(x)?.to_owned())),
+                    "ssl_session_cache"
+                    | "ssl_session_timeout"
+                    | "ssl_ciphers"
+                    | "ssl_protocols"
+                    | "ssl_prefer_server_ciphers"
+                    | "http2" => {
+                        reader.harmless(x)?;
                     }
                     "server_name" => {
                         for n in &x.args {
@@ -676,6 +741,28 @@ impl Site {
                 });
                 vs.listens.push(i);
             }
+            match (cert, key) {
+                (Some((cd, c)), Some((_, k))) => {
+                    // Relative paths are read from the configuration's directory.
+                    let dir = cd
+                        .file
+                        .parent()
+                        .map(std::path::Path::to_path_buf)
+                        .unwrap_or_default();
+                    let loaded = load_cert(&dir.join(c), &dir.join(k)).map_err(|e| err(&cd, e))?;
+                    vs.cert = Some(loaded);
+                }
+                (Some((cd, _)), None) => {
+                    return Err(err(
+                        &cd,
+                        "\"ssl_certificate_key\" is not defined for this certificate",
+                    ));
+                }
+                (None, Some((kd, _))) => {
+                    return Err(err(&kd, "\"ssl_certificate\" is not defined for this key"));
+                }
+                (None, None) => {}
+            }
             vs.base = settings;
             servers.push(vs);
         }
@@ -689,7 +776,63 @@ impl Site {
                 line: 1,
             });
         }
-        Ok((Self { listens, servers }, warnings))
+        let mut tls = HashMap::new();
+        for (i, d) in tls_listens {
+            if tls.contains_key(&i) {
+                continue;
+            }
+            let on: Vec<&VirtualServer> =
+                servers.iter().filter(|s| s.listens.contains(&i)).collect();
+            let with_cert: Vec<&&VirtualServer> = on.iter().filter(|s| s.cert.is_some()).collect();
+            let Some(default) = with_cert
+                .iter()
+                .find(|s| s.default_for.contains(&i))
+                .or_else(|| with_cert.first())
+                .and_then(|s| s.cert.clone())
+            else {
+                return Err(err(
+                    &d,
+                    "no \"ssl_certificate\" is defined for the listen ... ssl directive",
+                ));
+            };
+            let mut by_name = Vec::new();
+            for s in &with_cert {
+                for n in &s.names {
+                    let pattern = match n {
+                        ServerName::Exact(e) => e.clone(),
+                        ServerName::Suffix {
+                            suffix,
+                            bare: false,
+                        } => format!("*{suffix}"),
+                        ServerName::Suffix { suffix, bare: true } => suffix.clone(),
+                        _ => continue,
+                    };
+                    by_name.push((pattern, s.cert.clone().unwrap_or_else(|| default.clone())));
+                }
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| err(&d, e.to_string()))?
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(Certs { by_name, default }));
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            tls.insert(i, Arc::new(config));
+        }
+        Ok((
+            Self {
+                listens,
+                servers,
+                tls,
+            },
+            warnings,
+        ))
+    }
+
+    /// The TLS configuration of listener `listen` (`listen ... ssl`), HTTP/2 and HTTP/1.1
+    /// offered by ALPN.
+    pub fn tls(&self, listen: usize) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.get(&listen).cloned()
     }
 
     /// The addresses to listen on, in order (a request's listener is an index into this).
@@ -810,7 +953,7 @@ impl Site {
 
     async fn answer<B>(
         &self,
-        req: http::Request<B>,
+        mut req: http::Request<B>,
         listen: usize,
         conn: &ConnInfo,
         charset_out: &mut Option<String>,
@@ -819,6 +962,13 @@ impl Site {
         B: http_body::Body<Data = Bytes> + Send + Unpin,
         B::Error: std::fmt::Display,
     {
+        // HTTP/2 carries the host in :authority: it is the Host header, as for nginx.
+        if !req.headers().contains_key(header::HOST) {
+            let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+            if let Some(v) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
         let host = req
             .headers()
             .get(header::HOST)

@@ -401,3 +401,73 @@ fn proxy_pass_to_http_backends_sets_the_headers_nginx_users_set() {
     }
     assert_eq!(seen_errors, 0, "{}", gw.log());
 }
+
+#[test]
+fn listen_ssl_serves_http2_and_http1_with_the_certificate_sni_asks_for() {
+    testkit::require("curl");
+    let dir = testkit::temp_dir();
+    let d = dir.path();
+    for name in ["secure", "other"] {
+        let c = rcgen::generate_simple_self_signed(vec![format!("{name}.example")]).unwrap();
+        std::fs::write(d.join(format!("{name}.pem")), c.cert.pem()).unwrap();
+        std::fs::write(d.join(format!("{name}.key")), c.signing_key.serialize_pem()).unwrap();
+    }
+    let port = testkit::free_port();
+    std::fs::write(
+        d.join("tls.conf"),
+        format!(
+            "server {{\n  listen 127.0.0.1:{port} ssl;\n  server_name secure.example;\n  ssl_certificate secure.pem;\n  ssl_certificate_key secure.key;\n\
+             \x20 location / {{ return 200 \"secure $scheme $server_protocol $https\"; }}\n}}\n\
+             server {{\n  listen 127.0.0.1:{port} ssl;\n  server_name other.example;\n  ssl_certificate other.pem;\n  ssl_certificate_key other.key;\n\
+             \x20 location / {{ return 200 \"other\"; }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(["--nginx-conf", "tls.conf"]).current_dir(d);
+    let mut gw = Peer::spawn("gateway", cmd, Some(&d.join("gateway.log")));
+    gw.wait_tcp(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(20),
+    );
+    let curl = |host: &str, ca: &str, extra: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "--cacert", ca, "--resolve"])
+            .arg(format!("{host}:{port}:127.0.0.1"))
+            .args(["-w", " %{http_version}"])
+            .args(extra)
+            .arg(format!("https://{host}:{port}/"))
+            .current_dir(d)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert_eq!(
+        curl("secure.example", "secure.pem", &["--http2"]),
+        (Some(0), "secure https HTTP/2.0 on 2".to_owned()),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(
+        curl("secure.example", "secure.pem", &["--http1.1"]),
+        (Some(0), "secure https HTTP/1.1 on 1.1".to_owned())
+    );
+    // SNI picks the other server's certificate.
+    assert_eq!(
+        curl("other.example", "other.pem", &[]),
+        (Some(0), "other 2".to_owned())
+    );
+    // ... so a client expecting the first certificate for that name refuses it.
+    assert_eq!(curl("other.example", "secure.pem", &[]).0, Some(60));
+    // Plain HTTP on the TLS port is refused, and the server goes on.
+    let raw = testkit::raw_exchange(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        b"GET / HTTP/1.1\r\nHost: secure.example\r\n\r\n",
+        Duration::from_secs(15),
+    );
+    assert!(!raw.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(curl("secure.example", "secure.pem", &[]).0, Some(0));
+}
