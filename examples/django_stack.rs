@@ -16,6 +16,7 @@
 //! `gateway --nginx-conf run/nginx.conf --ini run/uwsgi.ini` runs the same stack.
 //! Ctrl-C stops it gracefully.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -60,19 +61,19 @@ fn prepare(site: &Path) -> anyhow::Result<String> {
         )?;
     }
     if std::fs::read_to_string(&marker).ok().as_deref() != Some(requirements.as_str()) {
-        run(
-            "installing requirements.txt into .venv with pip (first run only; about a minute)",
-            Command::new(&python)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "-r",
-                ])
-                .arg(site.join("requirements.txt")),
-        )?;
+        // pip's own progress is shown (on stderr, where these messages go).
+        say("installing requirements.txt into .venv with pip (first run only; about a minute)");
+        let status = Command::new(&python)
+            .args(["-m", "pip", "install", "--disable-pip-version-check", "-r"])
+            .arg(site.join("requirements.txt"))
+            .stdout(std::process::Stdio::from(
+                std::io::stderr().as_fd().try_clone_to_owned()?,
+            ))
+            .status()
+            .context("running pip")?;
+        if !status.success() {
+            bail!("pip install failed ({status}): see its messages above");
+        }
         std::fs::write(&marker, &requirements)?;
     }
     let key = site.join("secret_key.txt");
