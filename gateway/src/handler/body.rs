@@ -7,6 +7,9 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::sync::mpsc;
 
+/// The block size files are read in.
+const BLOCK: usize = 256 * 1024;
+
 /// A response body: the WSGI app's, a file's, or a fixed one.
 #[derive(Debug)]
 pub enum Body {
@@ -43,7 +46,7 @@ impl Body {
         tokio::task::spawn_blocking(move || {
             let (mut at, end) = (offset, offset + len);
             while at < end {
-                let want = usize::try_from(end - at).map_or(64 * 1024, |n| n.min(64 * 1024));
+                let want = usize::try_from(end - at).map_or(BLOCK, |n| n.min(BLOCK));
                 let mut buf = vec![0u8; want];
                 let item = match file.read_at(&mut buf, at) {
                     Ok(0) => Err(std::io::Error::new(

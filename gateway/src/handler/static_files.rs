@@ -133,6 +133,9 @@ impl StaticFiles {
     }
 }
 
+/// Files up to this size are read in one go with the lookup and sent from memory.
+const SMALL_FILE: u64 = 128 * 1024;
+
 /// Answers a request for `file` (which must lie inside `root`, symlinks resolved): 403 if
 /// it leads out, 405 for methods other than GET and HEAD, else the file with its MIME type,
 /// ETag and Last-Modified (304 for a matching conditional request), a single byte range
@@ -145,24 +148,51 @@ pub async fn serve_file(
     root: &std::path::Path,
     content_type: Option<&str>,
 ) -> Response<Body> {
-    let Ok(meta) = tokio::fs::metadata(file).await else {
-        return plain(StatusCode::NOT_FOUND);
+    // One trip to a blocking thread: stat, resolve symlinks, open, and read a small file
+    // that will be sent whole.
+    let plain_get = method == Method::GET
+        && ![
+            header::RANGE,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+        ]
+        .iter()
+        .any(|h| headers.contains_key(h));
+    let (path, root_path) = (file.to_path_buf(), root.to_path_buf());
+    let opened = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let meta = std::fs::metadata(&path).ok()?;
+        let real = std::fs::canonicalize(&path).ok()?;
+        let root = std::fs::canonicalize(&root_path).ok()?;
+        if !real.starts_with(&root) {
+            return Some(Err((real, root)));
+        }
+        let mut f = std::fs::File::open(&real).ok()?;
+        let small = if plain_get && meta.len() <= SMALL_FILE {
+            let mut buf = Vec::with_capacity(meta.len() as usize);
+            f.read_to_end(&mut buf).ok()?;
+            Some(bytes::Bytes::from(buf))
+        } else {
+            None
+        };
+        Some(Ok((meta, real, f, small)))
+    })
+    .await
+    .ok()
+    .flatten();
+    let (meta, real, opened_file, small) = match opened {
+        None => return plain(StatusCode::NOT_FOUND),
+        Some(Err((real, root))) => {
+            // No way out of the root through symlinks.
+            tracing::warn!(
+                "static file {} leads out of {}: refused",
+                real.display(),
+                root.display()
+            );
+            return plain(StatusCode::FORBIDDEN);
+        }
+        Some(Ok(o)) => o,
     };
-    // No way out of the root through symlinks.
-    let (Ok(real), Ok(root)) = (
-        tokio::fs::canonicalize(file).await,
-        tokio::fs::canonicalize(root).await,
-    ) else {
-        return plain(StatusCode::NOT_FOUND);
-    };
-    if !real.starts_with(&root) {
-        tracing::warn!(
-            "static file {} leads out of {}: refused",
-            file.display(),
-            root.display()
-        );
-        return plain(StatusCode::FORBIDDEN);
-    }
     if method != Method::GET && method != Method::HEAD {
         let mut r = plain(StatusCode::METHOD_NOT_ALLOWED);
         r.headers_mut()
@@ -240,11 +270,10 @@ pub async fn serve_file(
     };
     let body = if method == Method::HEAD || len == 0 {
         Body::empty()
+    } else if let (Some(b), StatusCode::OK) = (small, status) {
+        Body::full(b)
     } else {
-        match std::fs::File::open(&real) {
-            Ok(f) => Body::file(f, start, len),
-            Err(_) => return plain(StatusCode::FORBIDDEN),
-        }
+        Body::file(opened_file, start, len)
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
