@@ -106,7 +106,7 @@ enum TryError {
     Timeout,
 }
 
-fn plain(status: http::StatusCode, text: &'static str) -> http::Response<Body> {
+pub(crate) fn plain(status: http::StatusCode, text: &'static str) -> http::Response<Body> {
     let mut r = http::Response::new(Body::full(text));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -117,7 +117,7 @@ fn plain(status: http::StatusCode, text: &'static str) -> http::Response<Body> {
 }
 
 /// Hop-by-hop headers a backend's response must not pass on.
-const HOP_BY_HOP: [&str; 8] = [
+pub(crate) const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -127,6 +127,20 @@ const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
     "upgrade",
 ];
+
+/// Whether a request with `method` may be sent again to the next server after it was
+/// sent once (RFC 9110's idempotent methods), as nginx's `*_next_upstream` decides.
+pub(crate) fn idempotent(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::PUT
+            | http::Method::DELETE
+            | http::Method::TRACE
+    )
+}
 
 /// A request body read whole: in memory, or spooled to an (unlinked) temporary file.
 #[derive(Debug)]
@@ -303,15 +317,7 @@ impl Pass {
             );
         }
         let request = request.freeze();
-        let idempotent = matches!(
-            parts.method,
-            http::Method::GET
-                | http::Method::HEAD
-                | http::Method::OPTIONS
-                | http::Method::PUT
-                | http::Method::DELETE
-                | http::Method::TRACE
-        );
+        let idempotent = idempotent(&parts.method);
         let ctx = PickContext {
             client: conn.peer.map(|p| p.ip()),
             key: Some(head.target()),

@@ -33,20 +33,8 @@ use tokio::sync::mpsc;
 
 use crate::handler::Body;
 use crate::listen::ListenAddr;
-use crate::pass::{ConnInfo, PassBody, Timeouts};
+use crate::pass::{ConnInfo, HOP_BY_HOP, PassBody, Timeouts, idempotent, plain};
 use crate::upstream::{PickContext, Upstream};
-
-/// Hop-by-hop headers, never passed on.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 /// A `proxy_pass` handler.
 #[derive(Debug)]
@@ -57,14 +45,6 @@ pub struct Proxy {
     uri: Option<String>,
     timeouts: Timeouts,
     client: Client<HttpConnector, PassBody>,
-}
-
-fn plain(status: http::StatusCode, text: &'static str) -> http::Response<Body> {
-    let mut r = http::Response::new(Body::full(text));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    r
 }
 
 impl Proxy {
@@ -197,15 +177,7 @@ impl Proxy {
             }
         }
         out.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        let idempotent = matches!(
-            parts.method,
-            http::Method::GET
-                | http::Method::HEAD
-                | http::Method::OPTIONS
-                | http::Method::PUT
-                | http::Method::DELETE
-                | http::Method::TRACE
-        );
+        let idempotent = idempotent(&parts.method);
         let ctx = PickContext {
             client: conn.peer.map(|p| p.ip()),
             key: Some(path_and_query.as_bytes()),
