@@ -128,6 +128,62 @@ pub(crate) const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// What a request brings to its pool's policy: the `hash` key expanded with the request's
+/// variables, and the sticky cookie's value.
+pub(crate) fn request_key(
+    upstream: &Upstream,
+    parts: &http::request::Parts,
+    conn: &ConnInfo,
+) -> (Option<Vec<u8>>, Option<String>) {
+    match upstream.policy() {
+        crate::upstream::Policy::Hash { key, .. } => {
+            let path = parts.uri.path();
+            let vars = crate::site::RequestVars {
+                method: parts.method.as_str(),
+                request_uri: parts.uri.path_and_query().map_or(path, |p| p.as_str()),
+                uri: path,
+                args: parts.uri.query().unwrap_or(""),
+                headers: &parts.headers,
+                peer: conn.peer,
+                local: conn.local,
+                scheme: if conn.https { "https" } else { "http" },
+                server_name: "",
+                document_root: "",
+                protocol: "HTTP/1.1",
+            };
+            (Some(vars.expand(key).into_bytes()), None)
+        }
+        crate::upstream::Policy::Sticky { cookie } => {
+            let value = parts
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|kv| {
+                    let (k, v) = kv.trim().split_once('=')?;
+                    (k == cookie).then(|| v.to_owned())
+                });
+            (None, value)
+        }
+        _ => (None, None),
+    }
+}
+
+/// Adds the sticky cookie for the server that answered, if the pool is sticky.
+pub(crate) fn add_sticky_cookie<B>(
+    upstream: &Upstream,
+    index: usize,
+    had: Option<&str>,
+    response: &mut http::Response<B>,
+) {
+    if let Some(c) = upstream.sticky_set_cookie(index, had) {
+        if let Ok(v) = http::HeaderValue::from_str(&c) {
+            response.headers_mut().append(http::header::SET_COOKIE, v);
+        }
+    }
+}
+
 /// Whether a request with `method` may be sent again to the next server after it was
 /// sent once (RFC 9110's idempotent methods), as nginx's `*_next_upstream` decides.
 pub(crate) fn idempotent(method: &http::Method) -> bool {
@@ -318,10 +374,11 @@ impl Pass {
         }
         let request = request.freeze();
         let idempotent = idempotent(&parts.method);
+        let (key, sticky) = request_key(&self.upstream, &parts, conn);
         let ctx = PickContext {
             client: conn.peer.map(|p| p.ip()),
-            key: Some(head.target()),
-            sticky: None,
+            key: key.as_deref(),
+            sticky: sticky.as_deref(),
         };
         let mut tried = Vec::new();
         loop {
@@ -340,6 +397,8 @@ impl Pass {
                 Ok(response) => {
                     self.upstream.report(pick.index, true);
                     tracing::debug!("upstream {} answered in {:?}", pick.addr, started.elapsed());
+                    let mut response = response;
+                    add_sticky_cookie(&self.upstream, pick.index, sticky.as_deref(), &mut response);
                     // The pick (least_conn's count) lasts until the body is read.
                     return response.map(|mut b| {
                         b.keep(pick);

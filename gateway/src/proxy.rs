@@ -178,10 +178,11 @@ impl Proxy {
         }
         out.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         let idempotent = idempotent(&parts.method);
+        let (key, sticky) = crate::pass::request_key(&self.upstream, &parts, conn);
         let ctx = PickContext {
             client: conn.peer.map(|p| p.ip()),
-            key: Some(path_and_query.as_bytes()),
-            sticky: None,
+            key: key.as_deref(),
+            sticky: sticky.as_deref(),
         };
         let mut tried = Vec::new();
         loop {
@@ -243,8 +244,16 @@ impl Proxy {
                         }
                     });
                     let mut b = PassBody::channel(rx, length);
+                    let index = pick.index;
                     b.keep(pick);
-                    return http::Response::from_parts(head, Body::Pass(b));
+                    let mut r = http::Response::from_parts(head, Body::Pass(b));
+                    crate::pass::add_sticky_cookie(
+                        &self.upstream,
+                        index,
+                        sticky.as_deref(),
+                        &mut r,
+                    );
+                    return r;
                 }
                 Ok(Err(e)) => (e.is_connect(), e.to_string()),
                 Err(_) => (false, "no response head in time".to_owned()),

@@ -250,6 +250,21 @@ impl Upstream {
         &self.name
     }
 
+    /// The group's policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// For a sticky group: the `Set-Cookie` value that keeps the session on server
+    /// `index`, unless the request already carried that id (`had`).
+    pub fn sticky_set_cookie(&self, index: usize, had: Option<&str>) -> Option<String> {
+        let Policy::Sticky { cookie } = &self.policy else {
+            return None;
+        };
+        let id = self.sticky_id(index);
+        (had != Some(id.as_str())).then(|| format!("{cookie}={id}; Path=/; HttpOnly"))
+    }
+
     /// How many servers the group has.
     pub fn len(&self) -> usize {
         self.peers.len()

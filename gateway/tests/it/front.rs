@@ -345,3 +345,108 @@ fn a_master_runs_the_front_apart_from_two_app_workers() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(get(http, "/").status, 200);
 }
+
+#[test]
+fn sticky_sessions_and_hash_keys_pick_backends_from_the_request() {
+    let dir = testkit::temp_dir();
+    std::fs::write(dir.path().join("backend.py"), BACKEND_APP).unwrap();
+    let (b1, a1) = uwsgi(dir.path(), "b1");
+    let (b2, a2) = uwsgi(dir.path(), "b2");
+    let port = testkit::free_port();
+    std::fs::write(
+        dir.path().join("site.conf"),
+        format!(
+            "upstream sticky {{ session_sticky cookie=route mode=insert; server {a1}; server {a2}; }}\n\
+             upstream hashed {{ hash $arg_user consistent; server {a1}; server {a2}; }}\n\
+             server {{\n  listen 127.0.0.1:{port};\n\
+             \x20 location /s/ {{ uwsgi_pass sticky; include uwsgi_params; }}\n\
+             \x20 location /h/ {{ uwsgi_pass hashed; include uwsgi_params; }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(["--nginx-conf", "site.conf"])
+        .current_dir(dir.path());
+    let mut gw = Peer::spawn("gateway", cmd, Some(&dir.path().join("gw.log")));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    gw.wait_tcp(addr, Duration::from_secs(20));
+    let with_cookie = |cookie: &str| {
+        exchange(
+            addr,
+            format!("GET /s/page HTTP/1.1\r\nHost: t\r\nCookie: theme=dark; {cookie}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+    };
+    // The first answer sets the cookie naming its backend; the session then stays there.
+    let first = get(addr, "/s/page");
+    let set = first
+        .header("set-cookie")
+        .expect("a sticky cookie")
+        .to_owned();
+    let cookie = set.split(';').next().unwrap().to_owned();
+    assert!(cookie.starts_with("route="), "{set}");
+    let home = first.header("x-backend").unwrap().to_owned();
+    for _ in 0..8 {
+        let r = with_cookie(&cookie);
+        assert_eq!(r.header("x-backend"), Some(home.as_str()));
+        assert_eq!(r.header("set-cookie"), None, "the cookie is already right");
+    }
+    // Its backend goes away: the session moves, with a new cookie.
+    let (gone, other) = if home == "b1" { (b1, "b2") } else { (b2, "b1") };
+    drop(gone);
+    let r = with_cookie(&cookie);
+    assert_eq!(r.header("x-backend"), Some(other), "{}", gw.log());
+    let moved = r.header("set-cookie").expect("a new cookie").to_owned();
+    assert_ne!(moved.split(';').next().unwrap(), cookie);
+
+    // hash $arg_user consistent: one user, one backend (the survivor now takes everyone,
+    // so check stability only).
+    for user in ["ada", "bob", "cy"] {
+        let who: Vec<String> = (0..3)
+            .map(|_| {
+                get(addr, &format!("/h/x?user={user}"))
+                    .header("x-backend")
+                    .unwrap_or("-")
+                    .to_owned()
+            })
+            .collect();
+        assert!(who.iter().all(|w| w == other), "{user}: {who:?}");
+    }
+}
+
+#[test]
+fn hash_keys_spread_users_and_keep_each_on_one_backend() {
+    let dir = testkit::temp_dir();
+    std::fs::write(dir.path().join("backend.py"), BACKEND_APP).unwrap();
+    let (_b1, a1) = uwsgi(dir.path(), "b1");
+    let (_b2, a2) = uwsgi(dir.path(), "b2");
+    let port = testkit::free_port();
+    std::fs::write(
+        dir.path().join("site.conf"),
+        format!(
+            "upstream hashed {{ hash $arg_user consistent; server {a1}; server {a2}; }}\n\
+             server {{ listen 127.0.0.1:{port}; location / {{ uwsgi_pass hashed; include uwsgi_params; }} }}\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(["--nginx-conf", "site.conf"])
+        .current_dir(dir.path());
+    let mut gw = Peer::spawn("gateway", cmd, Some(&dir.path().join("gw.log")));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    gw.wait_tcp(addr, Duration::from_secs(20));
+    let mut seen = std::collections::HashSet::new();
+    for n in 0..24 {
+        let who: Vec<String> = (0..3)
+            .map(|_| {
+                get(addr, &format!("/x?user=u{n}"))
+                    .header("x-backend")
+                    .unwrap_or("-")
+                    .to_owned()
+            })
+            .collect();
+        assert!(who.windows(2).all(|w| w[0] == w[1]), "user u{n}: {who:?}");
+        seen.insert(who[0].clone());
+    }
+    assert_eq!(seen.len(), 2, "24 users land on both backends: {seen:?}");
+}

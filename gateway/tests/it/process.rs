@@ -265,7 +265,8 @@ fn reload_on_rss_recycles_a_leaking_worker() {
     for _ in 0..4 {
         assert_eq!(get(addr, "/leak").unwrap().0, 200);
     }
-    gw.wait_log("retiring (reload-on-rss", Duration::from_secs(10));
+    // Retired: the old worker has finished and exited (until then it may still take one).
+    gw.wait_log("retired (reload-on-rss", Duration::from_secs(20));
     let (status, body) = get(addr, "/").unwrap();
     assert_eq!(status, 200);
     assert_ne!(pid_of(&body), first);
