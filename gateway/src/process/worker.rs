@@ -211,11 +211,14 @@ impl Acceptors {
     }
 
     /// Stops accepting: sets the flag, then interrupts each thread's `accept` until it
-    /// has returned (a connection accepted meanwhile is still served).
+    /// has returned (a connection accepted meanwhile is still served). The lock is held
+    /// throughout, so a second caller (SIGTERM while a retiring worker stops itself)
+    /// returns only once every accept thread is gone and has handed its last connection
+    /// over: draining before that would exit with a just-accepted request unserved.
     fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        let threads = std::mem::take(&mut *self.lock());
-        for a in threads {
+        let mut guard = self.lock();
+        for a in guard.drain(..) {
             let thread = a.as_pthread_t();
             while !a.is_finished() {
                 let _ = nix::sys::pthread::pthread_kill(thread, sys::WAKE);
