@@ -1,6 +1,8 @@
 //! The composable server and the `gateway` binary: serves WSGI apps over HTTP and the
-//! uwsgi protocol (FastCGI and SCGI listeners, static files, routing, upstream pools and
-//! the master/worker model come next), configured with uWSGI's options and ini files.
+//! uwsgi, FastCGI and SCGI protocols (with static files, routing, upstream pools, the access
+//! log and
+//! the master/worker model), configured with uWSGI's options, ini files and nginx site
+//! configs.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -12,6 +14,7 @@
 #![deny(unsafe_code)] // allowed in one module (process::sys), each block proven sound
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod config;
 pub mod handler;
 pub mod listen;

@@ -245,6 +245,7 @@ impl Proxy {
                     });
                     let mut b = PassBody::channel(rx, length);
                     let index = pick.index;
+                    let upstream = crate::access::Upstream(pick.addr.to_string());
                     b.keep(pick);
                     let mut r = http::Response::from_parts(head, Body::Pass(b));
                     crate::pass::add_sticky_cookie(
@@ -253,6 +254,7 @@ impl Proxy {
                         sticky.as_deref(),
                         &mut r,
                     );
+                    r.extensions_mut().insert(upstream);
                     return r;
                 }
                 Ok(Err(e)) => (e.is_connect(), e.to_string()),

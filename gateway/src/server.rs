@@ -370,6 +370,7 @@ impl Stack {
 /// SIGINT/SIGTERM, then stops gracefully (requests in flight finish, up to
 /// `--worker-reload-mercy`).
 pub async fn run(o: Options) -> anyhow::Result<()> {
+    crate::access::install(crate::access::from_options(&o)?);
     let addrs = listen_addrs(&o)?;
     // Bind first (clear errors before the app loads), then load the app.
     let mut listeners = Vec::new();

@@ -150,4 +150,12 @@ pub struct Options {
     /// Disable the access log.
     #[arg(long)]
     pub disable_logging: bool,
+    /// The access log's line: uWSGI's `%(var)` syntax, or `combined` (nginx's), or
+    /// `uwsgi` (the default, uWSGI's style).
+    #[arg(long, visible_alias = "log-format", value_name = "FORMAT")]
+    pub logformat: Option<String>,
+    /// Where access-log lines go: `file:PATH` or `file:logfile=PATH` (appended), or
+    /// `stdio` (the server's log, the default).
+    #[arg(long, visible_alias = "logger-req", value_name = "file:PATH")]
+    pub req_logger: Option<String>,
 }

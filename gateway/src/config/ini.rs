@@ -26,16 +26,6 @@ pub enum IniError {
         #[source]
         source: std::io::Error,
     },
-    /// A `%(name)` reference to a key not defined above it.
-    #[error("{path}:{line}: %({name}) refers to an option not set above")]
-    UnknownReference {
-        /// The file.
-        path: String,
-        /// The line.
-        line: usize,
-        /// The name referenced.
-        name: String,
-    },
     /// A line in the section that is not `key = value`.
     #[error("{path}:{line}: expected `key = value`")]
     Syntax {
@@ -48,7 +38,7 @@ pub enum IniError {
 
 /// Reads the `[uwsgi]` section of `path` (or of `text` when given), in order, with
 /// repeated keys kept, `;` and `#` comments, and uWSGI's `%` expansions: `%(key)` (a
-/// value set above), `%d` (the file's directory, with a trailing `/`), `%n` (its name
+/// value set above; any other `%(name)` is kept as written), `%d` (the file's directory, with a trailing `/`), `%n` (its name
 /// without extension), `%s` (its name), `%p` (its absolute path), `%%`.
 ///
 /// ```
@@ -137,12 +127,12 @@ pub fn read_ini(path: &Path, text: Option<&str>) -> Result<Vec<IniEntry>, IniErr
                         .map(|e| e.value.clone());
                     match found {
                         Some(v) => value.push_str(&v),
+                        // Not an option set above: kept as written, as uWSGI does
+                        // (`logformat = %(addr) ...` names the log's variables).
                         None => {
-                            return Err(IniError::UnknownReference {
-                                path: shown,
-                                line: line_no,
-                                name,
-                            });
+                            value.push_str("%(");
+                            value.push_str(&name);
+                            value.push(')');
                         }
                     }
                 }

@@ -26,6 +26,9 @@ pub enum Body {
     Full(Option<Bytes>),
     /// A backend's response (a pass handler).
     Pass(crate::pass::PassBody),
+    /// Another body, counted as it goes out; its access-log line is written when it is
+    /// dropped (sent or abandoned).
+    Logged(Box<Self>, Box<crate::access::Pending>),
 }
 
 impl Body {
@@ -91,6 +94,15 @@ impl http_body::Body for Body {
                 Poll::Pending => Poll::Pending,
             },
             Self::Pass(p) => Pin::new(p).poll_frame(cx).map_err(Into::into),
+            Self::Logged(b, pending) => {
+                let r = Pin::new(b.as_mut()).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(f))) = &r {
+                    if let Some(d) = f.data_ref() {
+                        pending.record.sent += d.len() as u64;
+                    }
+                }
+                r
+            }
         }
     }
 
@@ -100,6 +112,7 @@ impl http_body::Body for Body {
             Self::Full(b) => b.is_none(),
             Self::File { left, .. } => *left == 0,
             Self::Pass(p) => http_body::Body::is_end_stream(p),
+            Self::Logged(b, _) => b.is_end_stream(),
         }
     }
 
@@ -111,6 +124,7 @@ impl http_body::Body for Body {
             Self::Pass(p) => p
                 .length
                 .map_or_else(SizeHint::default, SizeHint::with_exact),
+            Self::Logged(b, _) => b.size_hint(),
         }
     }
 }

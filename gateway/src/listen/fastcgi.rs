@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use cgi_family::Env;
@@ -43,7 +43,7 @@ async fn answer<S: AsyncWrite + Send + 'static>(
     host: WsgiHost,
     done: mpsc::UnboundedSender<u16>,
 ) {
-    let start = Instant::now();
+    let mut line = crate::access::for_env(&request.env);
     let method =
         String::from_utf8_lossy(request.env.get("REQUEST_METHOD").unwrap_or(b"-")).into_owned();
     let uri = String::from_utf8_lossy(request.env.get("REQUEST_URI").unwrap_or(b"-")).into_owned();
@@ -93,7 +93,10 @@ async fn answer<S: AsyncWrite + Send + 'static>(
             }
         }
     }
-    tracing::info!(target: "access", "{method} {uri} => {status}, {sent} bytes in {} ms (fastcgi)", start.elapsed().as_millis());
+    if let Some(line) = &mut line {
+        line.record.status = status;
+        line.record.sent = sent;
+    }
     let _ = done.send(id);
 }
 

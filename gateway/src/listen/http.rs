@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -87,13 +87,14 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
             https: self.https,
         };
         Box::pin(async move {
-            let start = Instant::now();
-            let logged = tracing::enabled!(target: "access", tracing::Level::INFO);
-            let (method, target) = if logged {
-                (req.method().clone(), req.uri().to_string())
-            } else {
-                (http::Method::GET, String::new())
-            };
+            // The request's facts for its access-log line (only when a line may be
+            // written: a site can name its own logs, so it always records).
+            let logs = crate::access::default_logs();
+            let record = (matches!(app.backend, Backend::Site { .. })
+                || crate::access::any_enabled(&logs))
+            .then(|| {
+                crate::access::Record::from_request(&req, conn.peer.map(|p| p.ip()), conn.https)
+            });
             let response = if let Backend::Site { site, listen } = &app.backend {
                 site.handle(req, *listen, &conn).await
             } else if let Some(r) = app
@@ -124,10 +125,10 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
                     Backend::Site { site, listen } => site.handle(req, *listen, &conn).await,
                 }
             };
-            if logged {
-                tracing::info!(target: "access", "{method} {target} => {}, in {} ms (http)", response.status().as_u16(), start.elapsed().as_millis());
-            }
-            Ok(response)
+            Ok(match record {
+                Some(record) => crate::access::attach(response, logs, record),
+                None => response,
+            })
         })
     }
 }

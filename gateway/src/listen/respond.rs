@@ -117,21 +117,19 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
 }
 
 /// Hands `request` to the app and writes its answer in `style` (503 when the host is busy
-/// or closed), closes the write side, and logs an access line tagged `proto`.
+/// or closed), closes the write side, and writes the request's access-log line.
 pub async fn answer<W: AsyncWrite + Unpin>(
     w: &mut W,
     host: &WsgiHost,
     request: WsgiRequest,
     style: HeadStyle<'_>,
-    proto: &str,
-    start: std::time::Instant,
 ) {
-    let var = |k: &str| String::from_utf8_lossy(request.env.get(k).unwrap_or(b"-")).into_owned();
-    let (method, uri) = (var("REQUEST_METHOD"), var("REQUEST_URI"));
+    let mut line = crate::access::for_env(&request.env);
+    let head = request.env.get("REQUEST_METHOD") == Some(b"HEAD");
     let (status, sent) = match host.call(request).await {
         Ok(response) => {
             let status = response.head.status;
-            let (sent, _) = write_response(w, response, style, method == "HEAD").await;
+            let (sent, _) = write_response(w, response, style, head).await;
             (status, sent)
         }
         Err(e) => {
@@ -148,5 +146,8 @@ pub async fn answer<W: AsyncWrite + Unpin>(
         }
     };
     let _ = w.shutdown().await;
-    tracing::info!(target: "access", "{method} {uri} => {status}, {sent} bytes in {} ms ({proto})", start.elapsed().as_millis());
+    if let Some(line) = &mut line {
+        line.record.status = status;
+        line.record.sent = sent;
+    }
 }

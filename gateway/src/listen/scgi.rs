@@ -1,8 +1,6 @@
 //! SCGI: what nginx's `scgi_pass` talks to. One request per connection; the response is a
 //! CGI-style head (`Status:`) and the body, ended by closing the connection.
 
-use std::time::Instant;
-
 use bytes::BytesMut;
 use cgi_family::scgi::{Duplicates, ScgiDecoder, ScgiLimits};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -21,7 +19,6 @@ pub async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let start = Instant::now();
     let (mut reader, mut writer) = tokio::io::split(io);
     let mut decoder = ScgiDecoder::new(ScgiLimits {
         max_header,
@@ -97,8 +94,6 @@ pub async fn serve_connection<S>(
         host,
         WsgiRequest { env, body, https },
         HeadStyle::Cgi,
-        "scgi",
-        start,
     )
     .await;
 }

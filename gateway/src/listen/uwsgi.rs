@@ -2,8 +2,6 @@
 //! the response is raw HTTP (status line, headers, body), never chunk-encoded, ended by
 //! closing the connection.
 
-use std::time::Instant;
-
 use bytes::BytesMut;
 use cgi_family::Env;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -22,7 +20,6 @@ pub async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let start = Instant::now();
     let mut buf = BytesMut::with_capacity(8192);
     let mut decoder = RequestDecoder::new(limits);
     // A peer that trickles its head (slowloris) is cut off, as uWSGI's --socket-timeout.
@@ -98,13 +95,5 @@ pub async fn serve_connection<S>(
         RequestBody::Empty
     };
     let request = WsgiRequest { env, body, https };
-    answer(
-        &mut writer,
-        host,
-        request,
-        HeadStyle::StatusLine(&protocol),
-        "uwsgi",
-        start,
-    )
-    .await;
+    answer(&mut writer, host, request, HeadStyle::StatusLine(&protocol)).await;
 }

@@ -98,6 +98,8 @@ fn split_front(o: &Options) -> bool {
 /// Runs the master until SIGTERM/SIGINT; SIGHUP reloads gracefully.
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let processes = o.processes.unwrap_or(1).max(1);
+    // Before the workers are forked: they inherit the access log (and its file).
+    crate::access::install(crate::access::from_options(o)?);
     if let Some((_, warnings)) = crate::server::load_site(o)? {
         for w in warnings {
             tracing::warn!("{w}");

@@ -63,6 +63,7 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
         front,
     } = start;
     let app = app.filter(|_| !front); // the front runs no Python
+    crate::access::set_worker(id);
     // The master blocks the signals it reads from a signalfd: a worker wants them back.
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
     // The master handles Ctrl-C and SIGHUP for everyone; a worker stops on SIGTERM, which

@@ -70,6 +70,23 @@ struct Settings {
     default_type: String,
     /// `types {}`: extension to MIME type.
     types: Arc<HashMap<String, String>>,
+    /// `access_log`: the logs of this level (`None`: the process's default logs).
+    access: Option<crate::access::Logs>,
+}
+
+/// What the server or location that answered says of the response.
+#[derive(Default)]
+struct Picked {
+    charset: Option<String>,
+    access: Option<crate::access::Logs>,
+    uri: Option<String>,
+}
+
+impl Picked {
+    fn take(&mut self, s: &Settings) {
+        self.charset.clone_from(&s.charset);
+        self.access.clone_from(&s.access);
+    }
 }
 
 /// Reads `types { type ext...; }` blocks.
@@ -114,6 +131,7 @@ impl Default for Settings {
             ret: None,
             default_type: "text/plain".into(),
             types: Arc::new(HashMap::new()),
+            access: None,
         }
     }
 }
@@ -235,9 +253,7 @@ const HARMLESS: &[&str] = &[
     "types_hash_max_size",
     "server_names_hash_bucket_size",
     "server_tokens",
-    "access_log",
     "error_log",
-    "log_format",
     "gzip",
     "gzip_vary",
     "gzip_proxied",
@@ -391,10 +407,112 @@ fn parse_server_name(name: &str) -> Option<ServerName> {
 struct Reader<'a> {
     upstreams: HashMap<String, Arc<Upstream>>,
     warnings: &'a mut Vec<String>,
+    /// `log_format`s by name (`combined` is predefined).
+    formats: HashMap<String, crate::access::Format>,
+    /// Access logs already opened, by path and format name: each file is opened once.
+    logs: HashMap<(PathBuf, String), Arc<crate::access::AccessLog>>,
 }
 
 impl Reader<'_> {
+    /// `log_format NAME STRING...;` (the strings are joined, as nginx does).
+    fn log_format(&mut self, d: &Directive) -> Result<(), NginxError> {
+        let [name, parts @ ..] = d.args.as_slice() else {
+            return Err(err(
+                d,
+                "invalid number of arguments in \"log_format\" directive",
+            ));
+        };
+        if parts.is_empty() {
+            return Err(err(
+                d,
+                "invalid number of arguments in \"log_format\" directive",
+            ));
+        }
+        if self.formats.contains_key(name) {
+            return Err(err(d, format!("duplicate \"log_format\" name \"{name}\"")));
+        }
+        let format =
+            crate::access::Format::nginx(&parts.concat()).map_err(|e| err(d, e.to_string()))?;
+        self.formats.insert(name.clone(), format);
+        Ok(())
+    }
+
+    /// The `access_log`s of one level's block: `None` when it has none (the level above
+    /// holds), else every one of them (`off` alone: none).
+    fn access_logs<'d>(
+        &mut self,
+        block: impl IntoIterator<Item = &'d Directive>,
+    ) -> Result<Option<crate::access::Logs>, NginxError> {
+        let mut logs: Option<Vec<Arc<crate::access::AccessLog>>> = None;
+        for d in block.into_iter().filter(|d| d.name == "access_log") {
+            let list = logs.get_or_insert_with(Vec::new);
+            let (path, rest) = match d.args.as_slice() {
+                [off] if off == "off" => continue,
+                [path, rest @ ..] => (path, rest),
+                [] => {
+                    return Err(err(
+                        d,
+                        "invalid number of arguments in \"access_log\" directive",
+                    ));
+                }
+            };
+            if path.starts_with("syslog:") {
+                return Err(err(d, "access_log to syslog is not supported"));
+            }
+            let mut name = "combined";
+            for (i, a) in rest.iter().enumerate() {
+                if a.starts_with("if=") {
+                    return Err(err(d, "access_log's \"if=\" is not supported"));
+                } else if a.starts_with("buffer=")
+                    || a.starts_with("flush=")
+                    || a.starts_with("gzip")
+                {
+                    self.warnings.push(format!(
+                        "{}: access_log's \"{a}\" is not used by the gateway (ignored)",
+                        d.at()
+                    ));
+                } else if i == 0 {
+                    name = a;
+                } else {
+                    return Err(err(d, format!("invalid parameter \"{a}\"")));
+                }
+            }
+            let format = match name {
+                "combined" => crate::access::Format::combined(),
+                _ => self
+                    .formats
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| err(d, format!("unknown log format \"{name}\"")))?,
+            };
+            // Relative paths are read from the configuration's directory.
+            let path = d
+                .file
+                .parent()
+                .map_or_else(|| PathBuf::from(path), |dir| dir.join(path));
+            let key = (path.clone(), name.to_owned());
+            let log = match self.logs.get(&key) {
+                Some(l) => l.clone(),
+                None => {
+                    let l = Arc::new(
+                        crate::access::AccessLog::to_file(format, &path)
+                            .map_err(|e| err(d, format!("access_log {}: {e}", path.display())))?,
+                    );
+                    self.logs.insert(key, l.clone());
+                    l
+                }
+            };
+            list.push(log);
+        }
+        Ok(logs.map(Into::into))
+    }
+
     fn harmless(&mut self, d: &Directive) -> Result<(), NginxError> {
+        match d.name.as_str() {
+            "access_log" => return Ok(()), // read with its block by `access_logs`
+            "log_format" => return Err(err(d, "\"log_format\" directive is not allowed here")),
+            _ => {}
+        }
         if HARMLESS.contains(&d.name.as_str()) || d.name.starts_with("gzip_") {
             self.warnings.push(format!(
                 "{}: \"{}\" is not used by the gateway (ignored)",
@@ -532,6 +650,9 @@ impl Reader<'_> {
         let mut settings = inherited.clone();
         settings.try_files = None;
         settings.ret = None;
+        if let Some(logs) = self.access_logs(d.block.as_deref().unwrap_or_default())? {
+            settings.access = Some(logs);
+        }
         let mut alias = None;
         let mut pass = None;
         let mut params = Vec::new();
@@ -633,6 +754,8 @@ impl Site {
         let mut reader = Reader {
             upstreams: HashMap::new(),
             warnings: &mut warnings,
+            formats: HashMap::new(),
+            logs: HashMap::new(),
         };
         // Where the http-level directives are: in `http {}`, or at the top of a site file.
         let mut http_level: Vec<&Directive> = Vec::new();
@@ -644,7 +767,7 @@ impl Site {
                         reader.harmless(x)?;
                     }
                 }
-                "server" | "upstream" | "types" => http_level.push(d),
+                "server" | "upstream" | "types" | "log_format" | "access_log" => http_level.push(d),
                 _ if setting(d, &mut Settings::default())? => http_level.push(d),
                 _ => reader.harmless(d)?,
             }
@@ -660,7 +783,14 @@ impl Site {
         let mut listens: Vec<ListenAddr> = Vec::new();
         let mut tls_listens: Vec<(usize, Directive)> = Vec::new();
         let mut servers = Vec::new();
+        for d in http_level.iter().filter(|d| d.name == "log_format") {
+            reader.log_format(d)?;
+        }
+        base.access = reader.access_logs(http_level.iter().copied())?;
         for d in &http_level {
+            if d.name == "log_format" {
+                continue;
+            }
             if d.name == "types" {
                 read_types(d.block.as_deref().unwrap_or_default(), &mut types);
                 continue;
@@ -678,6 +808,9 @@ impl Site {
         });
         for d in http_level.iter().filter(|d| d.name == "server") {
             let mut settings = base.clone();
+            if let Some(logs) = reader.access_logs(d.block.as_deref().unwrap_or_default())? {
+                settings.access = Some(logs);
+            }
             let mut vs = VirtualServer {
                 cert: None,
                 listens: Vec::new(),
@@ -940,13 +1073,23 @@ impl Site {
         B: http_body::Body<Data = Bytes> + Send + Unpin,
         B::Error: std::fmt::Display,
     {
-        let mut charset = None;
-        let mut r = self.answer(req, listen, conn, &mut charset).await;
+        let mut picked = Picked::default();
+        let mut r = self.answer(req, listen, conn, &mut picked).await;
         // nginx's `charset` of the server or location that answered, error pages included
         // (but not 301 and 302, which nginx leaves alone).
         let redirect = matches!(r.status().as_u16(), 301 | 302);
-        if let (Some(cs), false) = (charset, redirect) {
+        if let (Some(cs), false) = (picked.charset, redirect) {
             add_charset(&mut r, &cs);
+        }
+        // Its access logs, when it names its own.
+        if let Some(logs) = picked.access {
+            r.extensions_mut().insert(crate::access::Route(logs));
+        }
+        // $uri: the normalized URI that answered (unless a handler named another).
+        if let Some(uri) = picked.uri {
+            if r.extensions().get::<crate::access::Uri>().is_none() {
+                r.extensions_mut().insert(crate::access::Uri(uri));
+            }
         }
         r
     }
@@ -956,7 +1099,7 @@ impl Site {
         mut req: http::Request<B>,
         listen: usize,
         conn: &ConnInfo,
-        charset_out: &mut Option<String>,
+        picked: &mut Picked,
     ) -> http::Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin,
@@ -978,12 +1121,13 @@ impl Site {
                 _ => h,
             });
         let server = self.server(listen, host);
-        charset_out.clone_from(&server.base.charset);
+        picked.take(&server.base);
         let raw_path = req.uri().path().to_owned();
         let Ok(path) = cgi_family::normalize_path(raw_path.as_bytes()) else {
             return error_page(StatusCode::BAD_REQUEST);
         };
         let mut uri = String::from_utf8_lossy(&path).into_owned();
+        picked.uri = Some(uri.clone());
         let request_uri = req
             .uri()
             .path_and_query()
@@ -997,7 +1141,8 @@ impl Site {
         for _ in 0..10 {
             let location = Self::location(server, &uri);
             let settings = location.map_or(&server.base, |l| &l.settings);
-            charset_out.clone_from(&settings.charset);
+            picked.take(settings);
+            picked.uri = Some(uri.clone());
             if let Some(limit) = settings.max_body {
                 let length = req
                     .headers()
@@ -1100,7 +1245,7 @@ impl Site {
                 .find(|l| matches!(&l.matcher, Matcher::Named(n) if *n == next))
             {
                 if let Some((pass, _)) = &named.pass {
-                    charset_out.clone_from(&named.settings.charset);
+                    picked.take(&named.settings);
                     return pass.handle_with(req, conn, &[]).await;
                 }
                 return error_page(StatusCode::NOT_FOUND);
@@ -1159,8 +1304,12 @@ impl Site {
                     .is_ok_and(|m| m.is_file())
                 {
                     let mime = settings.mime_for(&candidate);
-                    return serve_file(req.method(), req.headers(), &candidate, base, Some(mime))
-                        .await;
+                    let mut r =
+                        serve_file(req.method(), req.headers(), &candidate, base, Some(mime)).await;
+                    // nginx's index is an internal redirect: $uri names the file.
+                    r.extensions_mut()
+                        .insert(crate::access::Uri(format!("{uri}{index}")));
+                    return r;
                 }
             }
             return if std::fs::metadata(file).is_ok_and(|m| m.is_dir()) {

@@ -20,20 +20,23 @@ def application(environ, start_response):
     return ["\n".join(lines).encode("latin-1")]
 "#;
 
-fn site(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
+fn site(dir: &Path, listen: SocketAddr, upstream: SocketAddr, log: &str) -> String {
     let d = dir.display();
     format!(
         r#"
+log_format probe '$remote_addr|$request|$status|$body_bytes_sent|$http_user_agent|'
+                 '$http_x_probe|$uri|$args|$request_method|$server_protocol|$host|${{request_uri}}';
 upstream django {{ server {upstream}; }}
 server {{
     listen {listen};
     server_name example.com www.example.com;
+    access_log {d}/{log}-probe.log probe;
     charset utf-8;
     default_type application/octet-stream;
     client_max_body_size 2M;
     root {d}/www;
-    location = /health {{ return 200 "ok"; }}
-    location /static/ {{ alias {d}/static/; }}
+    location = /health {{ access_log off; return 200 "ok"; }}
+    location /static/ {{ alias {d}/static/; access_log {d}/{log}-static.log; }}
     location /media {{ alias {d}/media; }}
     location ~* \.(png|gif)$ {{ root {d}/images; }}
     location /docs/ {{ try_files $uri $uri/ =404; }}
@@ -110,13 +113,13 @@ fn the_same_site_answers_the_same_under_nginx_and_the_gateway() {
         &ndir,
         &format!(
             "include /etc/nginx/mime.types;\n{}",
-            site(d, nginx_addr, up)
+            site(d, nginx_addr, up, "nginx")
         ),
         nginx_addr,
     );
 
     let gw_addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
-    std::fs::write(d.join("site.conf"), site(d, gw_addr, up)).unwrap();
+    std::fs::write(d.join("site.conf"), site(d, gw_addr, up, "gateway")).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
     cmd.args(["--nginx-conf", "site.conf"]).current_dir(d);
     let mut gw = Peer::spawn("gateway", cmd, Some(&d.join("gateway.log")));
@@ -134,7 +137,7 @@ fn the_same_site_answers_the_same_under_nginx_and_the_gateway() {
         r
     };
     let get = |path: &str, host: &str| {
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").into_bytes()
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: probe/1.0 (t)\r\nX-Probe: a b\r\nConnection: close\r\n\r\n").into_bytes()
     };
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("exact return", get("/health", "example.com")),
@@ -193,6 +196,76 @@ fn the_same_site_answers_the_same_under_nginx_and_the_gateway() {
         "no errors logged: {}",
         gw.log()
     );
+    // The access logs: the same lines (error pages' sizes and times aside), the same
+    // requests in each file (`access_log off` for /health, /static/ in its own file).
+    let lines = |name: &str, want: usize| {
+        let path = d.join(name);
+        let started = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            if lines.len() >= want || started.elapsed() > Duration::from_secs(5) {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let masked = |line: &str| -> String {
+        let line = line
+            .replace(&nginx_addr.port().to_string(), "P")
+            .replace(&gw_addr.port().to_string(), "P");
+        let mut f: Vec<String> = line.split('|').map(str::to_owned).collect();
+        if f[2].parse::<u16>().unwrap_or(0) >= 300 {
+            f[3] = "N".into(); // each server's own error page
+        }
+        f.join("|")
+    };
+    // Not in the probe log: /health twice (off), four /static/ requests (their own
+    // file), the other server's.
+    let probe = cases.len() - 7;
+    let (n, g) = (
+        lines("nginx-probe.log", probe),
+        lines("gateway-probe.log", probe),
+    );
+    assert_eq!(n.len(), probe, "{n:#?}");
+    let mut n: Vec<String> = n.iter().map(|l| masked(l)).collect();
+    let mut g: Vec<String> = g.iter().map(|l| masked(l)).collect();
+    for (n, g) in n.iter_mut().zip(&mut g) {
+        let nf: Vec<String> = n.split('|').map(str::to_owned).collect();
+        let gf: Vec<String> = g.split('|').map(str::to_owned).collect();
+        // nginx counts the chunk framing of a response it chunks (a backend's answer
+        // without Content-Length, in one chunk here: 12 bytes); the gateway counts the body.
+        let passed = nf[6].starts_with("/app/")
+            || ["/form", "/chunked", "/index.html"].contains(&nf[6].as_str());
+        if let (Ok(nb), Ok(gb)) = (nf[3].parse::<u64>(), gf[3].parse::<u64>()) {
+            if passed && nb == gb + 12 {
+                *n = n.replacen(&format!("|{nb}|"), &format!("|{gb}|"), 1);
+            }
+        }
+        // A request nginx refuses at its request line: it reads no header.
+        if nf[2] == "400" {
+            *n = nf[..3].join("|");
+            *g = gf[..3].join("|");
+        }
+    }
+    assert_eq!(g, n, "the probe format's lines");
+    let combined = |l: &String| {
+        // Without the time: `127.0.0.1 - - [29/Nov/2026:19:00:00 +0000] "GET ...`.
+        let (a, rest) = l.split_once(" [").unwrap_or_else(|| panic!("{l}"));
+        let (time, b) = rest.split_once("] ").unwrap();
+        assert_eq!(time.len(), 26, "time_local: {time}");
+        let mut f: Vec<String> = b.split('"').map(str::to_owned).collect();
+        let status_bytes: Vec<&str> = f[2].split_whitespace().collect();
+        if status_bytes[0].parse::<u16>().unwrap_or(0) >= 300 {
+            f[2] = format!(" {} N ", status_bytes[0]);
+        }
+        format!("{a} {}", f.join("\""))
+    };
+    let (n, g) = (lines("nginx-static.log", 4), lines("gateway-static.log", 4));
+    assert_eq!(n.len(), 4, "{n:#?}");
+    let n: Vec<String> = n.iter().map(combined).collect();
+    let g: Vec<String> = g.iter().map(combined).collect();
+    assert_eq!(g, n, "combined lines");
 }
 
 #[test]

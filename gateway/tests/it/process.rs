@@ -533,7 +533,7 @@ fn daemonize_detaches_and_logs_to_the_file() {
     }
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
-        text.contains("GET / => 200") && text.contains("master stopped"),
+        text.contains("GET / => generated ") && text.contains("master stopped"),
         "{text}"
     );
 }

@@ -774,7 +774,10 @@ fn logto_and_disable_logging() {
         std::thread::sleep(Duration::from_millis(200));
         let text = std::fs::read_to_string(&log).unwrap();
         assert_eq!(
-            text.contains("GET /logged-path => 200"),
+            text.contains(&format!(
+                "GET /logged-path => generated {} bytes in ",
+                r.body.len()
+            )),
             expect_access,
             "disable={disable}: {text}"
         );
@@ -783,4 +786,126 @@ fn logto_and_disable_logging() {
             "no terminal colours in a log file"
         );
     }
+}
+
+#[test]
+fn logformat_and_req_logger_write_a_line_per_request_from_an_ini() {
+    let dir = testkit::temp_dir();
+    let d = dir.path();
+    std::fs::write(d.join("app.py"), ECHO_APP).unwrap();
+    let (h, sh) = addr();
+    let (u, su) = addr();
+    let log = d.join("requests.log");
+    // uWSGI's own syntax for the format, in an ini as uWSGI users write it; two workers
+    // under a master write to the same file.
+    std::fs::write(
+        d.join("app.ini"),
+        format!(
+            "[uwsgi]\nhttp-socket = {h}\nsocket = {u}\nwsgi-file = app.py\nmaster = true\nprocesses = 2\n\
+             logformat = %(addr) \"%(method) %(uri) %(proto)\" %(status) %(size) \"%(uagent)\" w%(wid) %(msecs)ms\n\
+             req-logger = file:{}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let gw = gateway(d, &["--ini", "app.ini"], Some(sh));
+    let r = exchange(
+        sh,
+        b"GET /one?x=1 HTTP/1.1\r\nHost: t\r\nUser-Agent: probe/2\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let one = r.body.len();
+    let r = exchange(
+        sh,
+        b"HEAD /two HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let mut packet = Vec::new();
+    uwsgi_proto::encode_packet(
+        uwsgi_proto::Modifier1::WSGI,
+        uwsgi_proto::Modifier2::ZERO,
+        &[
+            ("REQUEST_METHOD", "GET"),
+            ("REQUEST_URI", "/three"),
+            ("PATH_INFO", "/three"),
+            ("SERVER_PROTOCOL", "HTTP/1.0"),
+            ("SERVER_NAME", "x"),
+            ("SERVER_PORT", "80"),
+            ("REMOTE_ADDR", "192.0.2.9"),
+            ("HTTP_USER_AGENT", "nginx-said"),
+        ],
+        65535,
+        &mut packet,
+    )
+    .unwrap();
+    let out = probe(su, &packet);
+    let three = out.len() - out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() - 4;
+    let started = std::time::Instant::now();
+    let lines = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 3 || started.elapsed() > Duration::from_secs(5) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(lines.len(), 3, "{lines:#?}\n{}", gw.log());
+    let worker = |l: &str| {
+        let w = l.split(" w").last().unwrap().split(' ').next().unwrap();
+        assert!(w == "1" || w == "2", "a worker id: {l}");
+    };
+    assert!(
+        lines[0].starts_with(&format!(
+            "127.0.0.1 \"GET /one?x=1 HTTP/1.1\" 200 {one} \"probe/2\" w"
+        )),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with("127.0.0.1 \"HEAD /two HTTP/1.1\" 200 0 \"-\" w"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].starts_with(&format!(
+            "192.0.2.9 \"GET /three HTTP/1.0\" 200 {three} \"nginx-said\" w"
+        )),
+        "{}",
+        lines[2]
+    );
+    for l in &lines {
+        worker(l);
+        assert!(l.ends_with("ms"), "{l}");
+    }
+    // Not in the server's log as well.
+    assert!(!gw.log().contains("GET /one"), "{}", gw.log());
+}
+
+#[test]
+fn an_unknown_logformat_variable_is_a_clear_error() {
+    let dir = testkit::temp_dir();
+    std::fs::write(dir.path().join("app.py"), ECHO_APP).unwrap();
+    let (h, _) = addr();
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "--http-socket",
+            &h,
+            "--wsgi-file",
+            "app.py",
+            "--logformat",
+            "%(addr) %(vsz)",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--logformat: unknown \"vsz\" variable"),
+        "{err}"
+    );
 }
