@@ -1,8 +1,7 @@
 //! The composable server and the `gateway` binary: serves WSGI apps over HTTP and the
-//! uwsgi, FastCGI and SCGI protocols (with static files, routing, upstream pools, the access
-//! log and
-//! the master/worker model), configured with uWSGI's options, ini files and nginx site
-//! configs.
+//! uwsgi, FastCGI and SCGI protocols (with static files, routing, upstream pools, the
+//! access log and the master/worker model), configured with uWSGI's options, ini files
+//! and nginx site configs.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
