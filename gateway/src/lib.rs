@@ -22,6 +22,7 @@ pub mod process;
 pub mod proxy;
 mod server;
 pub mod site;
+pub mod spool;
 pub mod upstream;
 
 pub use server::run;

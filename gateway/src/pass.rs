@@ -88,7 +88,7 @@ pub struct Pass {
     params: Vec<(Bytes, Bytes)>,
     timeouts: Timeouts,
     body_in_memory: usize,
-    response_buffer: usize,
+    buffering: crate::spool::Buffering,
     buffer_size: usize,
 }
 
@@ -227,7 +227,7 @@ impl Pass {
             params: Vec::new(),
             timeouts: Timeouts::default(),
             body_in_memory: 1 << 20,
-            response_buffer: 1 << 20,
+            buffering: crate::spool::Buffering::default(),
             buffer_size: 65535,
         }
     }
@@ -252,10 +252,11 @@ impl Pass {
         self
     }
 
-    /// How much of a response is read ahead of a slow client (default 1 MiB): a response
-    /// that fits releases the backend at once.
-    pub fn response_buffer(mut self, bytes: usize) -> Self {
-        self.response_buffer = bytes.max(64 * 1024);
+    /// How a response is buffered ahead of a slow client (default: 1 MiB in memory, then
+    /// up to 1 GiB in a temporary file, as nginx): the backend is released as soon as it
+    /// has sent its answer, however slowly the client reads.
+    pub fn buffering(mut self, b: crate::spool::Buffering) -> Self {
+        self.buffering = b;
         self
     }
 
@@ -632,10 +633,15 @@ impl Pass {
                 response = response.header(name, value);
             }
         }
-        // The body streams through a bounded buffer: a response that fits releases the
-        // backend at once; a slow client holds it only for the rest.
-        let blocks = (self.response_buffer / (64 * 1024)).max(1);
-        let (tx, rx) = mpsc::channel(blocks);
+        // All of it came with the head: no reading task.
+        if length == Some(buf.len() as u64) {
+            return response
+                .body(PassBody::full(buf.freeze()))
+                .map_err(|e| TryError::Upstream(e.to_string()));
+        }
+        // The body is read as fast as the backend sends it, into memory then a temporary
+        // file: a slow client does not hold the backend.
+        let (tx, rx) = self.buffering.channel();
         let read = self.timeouts.read;
         tokio::spawn(async move {
             let mut left = length;

@@ -29,7 +29,6 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::mpsc;
 
 use crate::handler::Body;
 use crate::listen::ListenAddr;
@@ -44,6 +43,7 @@ pub struct Proxy {
     /// prefix (`None`: the request's URI is passed as it came).
     uri: Option<String>,
     timeouts: Timeouts,
+    buffering: crate::spool::Buffering,
     client: Client<HttpConnector, PassBody>,
 }
 
@@ -65,8 +65,17 @@ impl Proxy {
             upstream,
             uri,
             timeouts,
+            buffering: crate::spool::Buffering::default(),
             client,
         }
+    }
+
+    /// How a response is buffered ahead of a slow client (see
+    /// [`crate::pass::Pass::buffering`]).
+    #[must_use]
+    pub fn buffering(mut self, b: crate::spool::Buffering) -> Self {
+        self.buffering = b;
+        self
     }
 
     /// Answers `req` through a backend. `prefix` is the location prefix that matched
@@ -213,7 +222,7 @@ impl Proxy {
                         .headers
                         .get(header::CONTENT_LENGTH)
                         .and_then(|v| v.to_str().ok()?.parse().ok());
-                    let (tx, rx) = mpsc::channel(16);
+                    let (tx, rx) = self.buffering.channel();
                     let read = self.timeouts.read;
                     tokio::spawn(async move {
                         let mut incoming = incoming;

@@ -576,6 +576,7 @@ impl Reader<'_> {
         d: &Directive,
         protocol: Protocol,
         timeouts: Timeouts,
+        buffering: crate::spool::Buffering,
     ) -> Result<Arc<Pass>, NginxError> {
         let target = one_arg(d)?;
         let pool = match self.upstreams.get(target) {
@@ -586,13 +587,18 @@ impl Reader<'_> {
                 Arc::new(Upstream::new(target, vec![spec], Policy::RoundRobin))
             }
         };
-        Ok(Arc::new(Pass::new(pool, protocol).timeouts(timeouts)))
+        Ok(Arc::new(
+            Pass::new(pool, protocol)
+                .timeouts(timeouts)
+                .buffering(buffering),
+        ))
     }
 
     fn proxy(
         &mut self,
         d: &Directive,
         timeouts: Timeouts,
+        buffering: crate::spool::Buffering,
     ) -> Result<Arc<crate::proxy::Proxy>, NginxError> {
         let target = one_arg(d)?;
         let Some(rest) = target.strip_prefix("http://") else {
@@ -615,9 +621,9 @@ impl Reader<'_> {
                 Arc::new(Upstream::new(host, vec![spec], Policy::RoundRobin))
             }
         };
-        Ok(Arc::new(crate::proxy::Proxy::with_timeouts(
-            pool, uri, timeouts,
-        )))
+        Ok(Arc::new(
+            crate::proxy::Proxy::with_timeouts(pool, uri, timeouts).buffering(buffering),
+        ))
     }
 
     fn location(&mut self, d: &Directive, inherited: &Settings) -> Result<Location, NginxError> {
@@ -657,6 +663,7 @@ impl Reader<'_> {
         let mut pass = None;
         let mut params = Vec::new();
         let mut timeouts = Timeouts::default();
+        let mut buffering = crate::spool::Buffering::default();
         let mut pass_directive = None;
         let mut proxy_directive = None;
         let mut proxy_headers = Vec::new();
@@ -704,7 +711,21 @@ impl Reader<'_> {
                     timeouts.connect =
                         parse_duration(one_arg(x)?).ok_or_else(|| err(x, "invalid value"))?;
                 }
-                "proxy_http_version" | "proxy_redirect" | "proxy_buffering" => self.harmless(x)?,
+                "proxy_buffering" | "uwsgi_buffering" | "scgi_buffering" | "fastcgi_buffering" => {
+                    match one_arg(x)? {
+                        "on" => {}
+                        "off" => buffering = crate::spool::Buffering::off(),
+                        _ => return Err(err(x, "invalid value, it must be \"on\" or \"off\"")),
+                    }
+                }
+                "proxy_max_temp_file_size"
+                | "uwsgi_max_temp_file_size"
+                | "scgi_max_temp_file_size"
+                | "fastcgi_max_temp_file_size" => {
+                    buffering.max_temp_file =
+                        parse_size(one_arg(x)?).ok_or_else(|| err(x, "invalid value"))?;
+                }
+                "proxy_http_version" | "proxy_redirect" => self.harmless(x)?,
                 "grpc_pass" => {
                     return Err(err(
                         x,
@@ -724,10 +745,10 @@ impl Reader<'_> {
             let stock = stock_params(protocol);
             // Except what only the site knows: its root and its first server_name.
             params.retain(|p| !stock.contains(p) || p.0 == "DOCUMENT_ROOT" || p.0 == "SERVER_NAME");
-            pass = Some((self.pass(x, protocol, timeouts)?, params));
+            pass = Some((self.pass(x, protocol, timeouts, buffering)?, params));
         }
         let proxy = match proxy_directive {
-            Some(x) => Some((self.proxy(x, timeouts)?, proxy_headers)),
+            Some(x) => Some((self.proxy(x, timeouts, buffering)?, proxy_headers)),
             None => None,
         };
         if alias.is_some() && settings.root.is_some() && inherited.root != settings.root {

@@ -20,6 +20,13 @@ def application(environ, start_response):
         body = b"x" * (1 << 20)
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return [body]
+    if path.endswith("/huge"):
+        block = bytes(range(256)) * 4096
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(32 << 20))])
+        return (block for _ in range(32))
+    if path.endswith("/ping"):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"pong"]
     data = environ["wsgi.input"].read()
     info = "%s %s %s %s len=%d sha=%s cl=%s host=%s port=%s" % (
         os.environ["BACKEND"], environ["REQUEST_METHOD"], path, environ["QUERY_STRING"],
@@ -449,4 +456,89 @@ fn hash_keys_spread_users_and_keep_each_on_one_backend() {
         seen.insert(who[0].clone());
     }
     assert_eq!(seen.len(), 2, "24 users land on both backends: {seen:?}");
+}
+
+/// nginx's buffering: the front reads a backend's 32 MiB answer into memory and a
+/// temporary file, so the one-thread uWSGI backend serves others while the client that
+/// asked for it does not read; with `uwsgi_buffering off` that client holds the backend.
+#[test]
+fn a_slow_client_does_not_hold_the_backend_unless_buffering_is_off() {
+    let dir = testkit::temp_dir();
+    let d = dir.path();
+    std::fs::write(d.join("backend.py"), BACKEND_APP).unwrap();
+    let (_backend, up) = uwsgi(d, "only");
+    let addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    std::fs::write(
+        d.join("site.conf"),
+        format!(
+            "upstream app {{ server {up}; }}\n\
+             server {{\n  listen {addr};\n\
+               location /off/ {{ uwsgi_pass app; include uwsgi_params; uwsgi_buffering off; }}\n\
+               location / {{ uwsgi_pass app; include uwsgi_params; }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(["--nginx-conf", "site.conf"]).current_dir(d);
+    let mut gw = Peer::spawn("gateway", cmd, Some(&d.join("front.log")));
+    gw.wait_tcp(addr, Duration::from_secs(20));
+
+    // Asks for the huge answer, reads its first 64 KiB, then stops reading.
+    let stall = |prefix: &str| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(
+            format!("GET {prefix}huge HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let mut first = vec![0u8; 64 * 1024];
+        s.read_exact(&mut first).unwrap();
+        (s, first)
+    };
+    // Reads the rest and checks every byte.
+    let finish = |mut s: TcpStream, first: Vec<u8>| {
+        let mut all = first;
+        s.read_to_end(&mut all).unwrap();
+        let r = HttpResponse::parse(&all);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), 32 << 20, "the whole body");
+        assert!(
+            r.body
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == (i % 256) as u8),
+            "the body is intact"
+        );
+    };
+    // `timeout`: how long the other request may take.
+    let ping = |prefix: &str, timeout: Duration| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(timeout)).unwrap();
+        s.write_all(
+            format!("GET {prefix}ping HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).map(|_| out)
+    };
+
+    let (s, first) = stall("/");
+    let started = std::time::Instant::now();
+    let pong =
+        ping("/", Duration::from_secs(10)).expect("the backend is free while the client stalls");
+    assert_eq!(HttpResponse::parse(&pong).text(), "pong");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    finish(s, first);
+
+    // Unbuffered: the stalled client holds the only backend thread.
+    let (s, first) = stall("/off/");
+    let held = ping("/off/", Duration::from_secs(2));
+    assert!(
+        held.is_err(),
+        "with buffering off the backend is held: {held:?}"
+    );
+    finish(s, first);
+    let pong = ping("/off/", Duration::from_secs(10)).unwrap();
+    assert_eq!(HttpResponse::parse(&pong).text(), "pong");
+    assert!(!gw.log().contains("ERROR"), "{}", gw.log());
 }
