@@ -43,7 +43,8 @@ pub enum Protocol {
     /// `scgi_pass`: one request per connection, a CGI response.
     Scgi,
     /// `fastcgi_pass`: one request per connection (nginx's default, `fastcgi_keep_conn
-    /// off`), the body in STDIN records, a CGI response in STDOUT records.
+    /// off`; see [`Pass::keep_conn`]), the body in STDIN records, a CGI response in
+    /// STDOUT records.
     FastCgi,
 }
 
@@ -90,6 +91,114 @@ pub struct Pass {
     body_in_memory: usize,
     buffering: crate::spool::Buffering,
     buffer_size: usize,
+    /// `fastcgi_keep_conn on` with the upstream's `keepalive N`: idle connections.
+    idle: Option<Arc<Idle>>,
+}
+
+/// A connection to a backend.
+#[derive(Debug)]
+enum BackendConn {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl BackendConn {
+    /// Whether an idle connection can take a request: not closed by the backend, nothing
+    /// unexpected waiting to be read.
+    fn usable(&self) -> bool {
+        let mut probe = [0u8; 1];
+        let r = match self {
+            Self::Tcp(s) => s.try_read(&mut probe),
+            Self::Unix(s) => s.try_read(&mut probe),
+        };
+        matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+impl AsyncRead for BackendConn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Self::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BackendConn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Self::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Self::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Self::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Idle keep-alive connections, newest last, as nginx's `keepalive` cache.
+#[derive(Debug)]
+struct Idle {
+    max: usize,
+    conns: std::sync::Mutex<Vec<(String, BackendConn, Instant)>>,
+}
+
+/// How long an idle connection is kept (nginx's `keepalive_timeout` in an upstream).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Idle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, BackendConn, Instant)>> {
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A usable idle connection to `addr`.
+    fn take(&self, addr: &str) -> Option<BackendConn> {
+        let mut conns = self.lock();
+        conns.retain(|(_, _, since)| since.elapsed() < IDLE_TIMEOUT);
+        while let Some(i) = conns.iter().rposition(|(a, _, _)| a == addr) {
+            let (_, c, _) = conns.remove(i);
+            if c.usable() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for the next request (the oldest goes when full).
+    fn put(&self, addr: String, conn: BackendConn) {
+        let mut conns = self.lock();
+        if conns.len() >= self.max {
+            conns.remove(0);
+        }
+        conns.push((addr, conn, Instant::now()));
+    }
 }
 
 /// Why a try on one server failed.
@@ -104,6 +213,10 @@ enum TryError {
     /// The backend did not answer in time.
     #[error("no response head in time")]
     Timeout,
+    /// A kept-alive connection failed before one byte of answer (the backend closed it
+    /// while idle): the request goes again on a new connection to the same server.
+    #[error("{0}")]
+    Stale(String),
 }
 
 pub(crate) fn plain(status: http::StatusCode, text: &'static str) -> http::Response<Body> {
@@ -229,7 +342,24 @@ impl Pass {
             body_in_memory: 1 << 20,
             buffering: crate::spool::Buffering::default(),
             buffer_size: 65535,
+            idle: None,
         }
+    }
+
+    /// `fastcgi_keep_conn on`: FastCGI connections stay open after a request and up to
+    /// the upstream's `keepalive N` idle ones are kept for the next requests (nothing is
+    /// kept without `keepalive`, as with nginx). The other protocols end each answer by
+    /// closing: this does nothing for them.
+    #[must_use]
+    pub fn keep_conn(mut self, on: bool) -> Self {
+        let max = self.upstream.idle_connections();
+        self.idle = (on && max > 0 && self.protocol == Protocol::FastCgi).then(|| {
+            Arc::new(Idle {
+                max,
+                conns: std::sync::Mutex::new(Vec::new()),
+            })
+        });
+        self
     }
 
     /// `uwsgi_param NAME VALUE` / `scgi_param`: set after the stock params (replacing a
@@ -362,7 +492,8 @@ impl Pass {
             // BEGIN_REQUEST and PARAMS; the body follows in STDIN records.
             Protocol::FastCgi => {
                 use cgi_family::fastcgi;
-                fastcgi::encode_begin_request(1, fastcgi::Role::RESPONDER, false, &mut request);
+                let keep = self.idle.is_some();
+                fastcgi::encode_begin_request(1, fastcgi::Role::RESPONDER, keep, &mut request);
                 fastcgi::encode_params_stream(1, &env, &mut request).map_err(|e| e.to_string())
             }
         };
@@ -413,7 +544,9 @@ impl Pass {
                     self.upstream.report(pick.index, false);
                     let again = match &e {
                         TryError::Connect(_) => true,
-                        TryError::Upstream(_) | TryError::Timeout => idempotent,
+                        TryError::Upstream(_) | TryError::Stale(_) | TryError::Timeout => {
+                            idempotent
+                        }
                     };
                     tracing::error!(
                         "upstream {} ({}) for {} {}: {e}{}",
@@ -477,15 +610,15 @@ impl Pass {
         })
     }
 
-    async fn connect(&self, addr: &ListenAddr) -> Result<Box<dyn Stream>, TryError> {
+    async fn connect(&self, addr: &ListenAddr) -> Result<BackendConn, TryError> {
         let connect = async {
-            Ok::<Box<dyn Stream>, std::io::Error>(match addr {
+            Ok::<BackendConn, std::io::Error>(match addr {
                 ListenAddr::Tcp(a) => {
                     let s = tokio::net::TcpStream::connect(a).await?;
                     let _ = s.set_nodelay(true);
-                    Box::new(s)
+                    BackendConn::Tcp(s)
                 }
-                ListenAddr::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await?),
+                ListenAddr::Unix(p) => BackendConn::Unix(tokio::net::UnixStream::connect(p).await?),
             })
         };
         match tokio::time::timeout(self.timeouts.connect, connect).await {
@@ -495,7 +628,7 @@ impl Pass {
         }
     }
 
-    async fn send_body(&self, s: &mut Box<dyn Stream>, body: &Spooled) -> std::io::Result<()> {
+    async fn send_body(&self, s: &mut BackendConn, body: &Spooled) -> std::io::Result<()> {
         let send = self.timeouts.send;
         let timed = |r: Result<std::io::Result<()>, tokio::time::error::Elapsed>| {
             r.unwrap_or_else(|_| {
@@ -566,7 +699,32 @@ impl Pass {
         request: &Bytes,
         body: &Spooled,
     ) -> Result<http::Response<PassBody>, TryError> {
-        let mut s = self.connect(addr).await?;
+        let name = addr.to_string();
+        if let Some(c) = self.idle.as_ref().and_then(|idle| idle.take(&name)) {
+            match self.exchange(c, name.clone(), request, body).await {
+                Err(TryError::Stale(e)) => {
+                    tracing::debug!("kept-alive connection to {name}: {e}; a new one");
+                }
+                r => return r,
+            }
+        }
+        let c = self.connect(addr).await?;
+        self.exchange(c, name, request, body)
+            .await
+            .map_err(|e| match e {
+                TryError::Stale(e) => TryError::Upstream(e),
+                e => e,
+            })
+    }
+
+    /// One request on connection `s` to backend `name`.
+    async fn exchange(
+        &self,
+        mut s: BackendConn,
+        name: String,
+        request: &Bytes,
+        body: &Spooled,
+    ) -> Result<http::Response<PassBody>, TryError> {
         let sent = async {
             tokio::time::timeout(self.timeouts.send, s.write_all(request))
                 .await
@@ -576,11 +734,13 @@ impl Pass {
             self.send_body(&mut s, body).await
         };
         if let Err(e) = sent.await {
-            return Err(TryError::Upstream(format!("sending the request: {e}")));
+            return Err(TryError::Stale(format!("sending the request: {e}")));
         }
-        if self.protocol == Protocol::FastCgi {
-            s = fastcgi_stdout(s, addr.to_string());
-        }
+        let mut s: Box<dyn Stream> = if self.protocol == Protocol::FastCgi {
+            fastcgi_stdout(s, name, self.idle.clone())
+        } else {
+            Box::new(s)
+        };
         // The response head.
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let mut decoder = ResponseHeadDecoder::new(HeadOptions {
@@ -602,6 +762,9 @@ impl Pass {
             match tokio::time::timeout(self.timeouts.read, s.read_buf(&mut buf)).await {
                 Err(_) => return Err(TryError::Timeout),
                 Ok(Err(e)) => return Err(TryError::Upstream(format!("reading: {e}"))),
+                Ok(Ok(0)) if buf.is_empty() => {
+                    return Err(TryError::Stale("closed without an answer".into()));
+                }
                 Ok(Ok(0)) => {
                     return Err(TryError::Upstream(
                         "closed before a whole response head".into(),
@@ -698,8 +861,9 @@ impl Pass {
 }
 
 /// Turns a FastCGI connection into the plain byte stream of its STDOUT records (STDERR
-/// is logged; END_REQUEST or a bad record ends the stream).
-fn fastcgi_stdout(mut s: Box<dyn Stream>, backend: String) -> Box<dyn Stream> {
+/// is logged; END_REQUEST or a bad record ends the stream). After a clean END_REQUEST the
+/// connection goes back to `idle`, when kept alive.
+fn fastcgi_stdout(mut s: BackendConn, backend: String, idle: Option<Arc<Idle>>) -> Box<dyn Stream> {
     use cgi_family::fastcgi::{ResponseDecoder, ResponseEvent};
     let (mine, theirs) = tokio::io::duplex(256 * 1024);
     tokio::spawn(async move {
@@ -720,7 +884,13 @@ fn fastcgi_stdout(mut s: Box<dyn Stream>, backend: String) -> Box<dyn Stream> {
                             String::from_utf8_lossy(&text).trim_end()
                         );
                     }
-                    Ok(Some(ResponseEvent::End(_))) => return,
+                    Ok(Some(ResponseEvent::End(_))) => {
+                        // Kept alive (`fastcgi_keep_conn on`): nothing else must follow.
+                        if let (Some(idle), true) = (idle, buf.is_empty()) {
+                            idle.put(backend, s);
+                        }
+                        return;
+                    }
                     Ok(Some(_)) => {}
                     Ok(None) => break,
                     Err(e) => {

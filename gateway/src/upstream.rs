@@ -194,6 +194,7 @@ pub struct Upstream {
     policy: Policy,
     state: Mutex<Vec<PeerState>>,
     ring: Vec<(u32, usize)>,
+    keepalive: usize,
 }
 
 fn crc32(data: &[u8]) -> u32 {
@@ -242,7 +243,22 @@ impl Upstream {
             peers,
             policy,
             state: Mutex::new(state),
+            keepalive: 0,
         }
+    }
+
+    /// nginx's `keepalive N`: up to N idle connections to the group's servers are kept
+    /// for the next requests (for FastCGI with `fastcgi_keep_conn on`; HTTP backends are
+    /// always pooled).
+    #[must_use]
+    pub fn keepalive(mut self, idle: usize) -> Self {
+        self.keepalive = idle;
+        self
+    }
+
+    /// The idle connections kept (`keepalive N`; 0: none).
+    pub fn idle_connections(&self) -> usize {
+        self.keepalive
     }
 
     /// The group's name.

@@ -276,7 +276,6 @@ const HARMLESS: &[&str] = &[
     "user",
     "pcre_jit",
     "include",
-    "keepalive",
     "expires",
     "error_page",
     "uwsgi_buffering",
@@ -532,6 +531,7 @@ impl Reader<'_> {
         let name = one_arg(d)?.to_owned();
         let mut servers = Vec::new();
         let mut policy = Policy::RoundRobin;
+        let mut keepalive = 0;
         for x in d.block.as_deref().unwrap_or_default() {
             match x.name.as_str() {
                 "server" => servers
@@ -560,14 +560,23 @@ impl Reader<'_> {
                         .to_owned();
                     policy = Policy::Sticky { cookie };
                 }
+                "keepalive" => {
+                    keepalive = one_arg(x)?
+                        .parse()
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| err(x, "invalid value"))?;
+                }
                 _ => self.harmless(x)?,
             }
         }
         if servers.is_empty() {
             return Err(err(d, format!("no servers are inside upstream \"{name}\"")));
         }
-        self.upstreams
-            .insert(name.clone(), Arc::new(Upstream::new(name, servers, policy)));
+        self.upstreams.insert(
+            name.clone(),
+            Arc::new(Upstream::new(name, servers, policy).keepalive(keepalive)),
+        );
         Ok(())
     }
 
@@ -577,6 +586,7 @@ impl Reader<'_> {
         protocol: Protocol,
         timeouts: Timeouts,
         buffering: crate::spool::Buffering,
+        keep_conn: bool,
     ) -> Result<Arc<Pass>, NginxError> {
         let target = one_arg(d)?;
         let pool = match self.upstreams.get(target) {
@@ -590,7 +600,8 @@ impl Reader<'_> {
         Ok(Arc::new(
             Pass::new(pool, protocol)
                 .timeouts(timeouts)
-                .buffering(buffering),
+                .buffering(buffering)
+                .keep_conn(keep_conn),
         ))
     }
 
@@ -664,6 +675,7 @@ impl Reader<'_> {
         let mut params = Vec::new();
         let mut timeouts = Timeouts::default();
         let mut buffering = crate::spool::Buffering::default();
+        let mut keep_conn = false;
         let mut pass_directive = None;
         let mut proxy_directive = None;
         let mut proxy_headers = Vec::new();
@@ -718,6 +730,13 @@ impl Reader<'_> {
                         _ => return Err(err(x, "invalid value, it must be \"on\" or \"off\"")),
                     }
                 }
+                "fastcgi_keep_conn" => {
+                    keep_conn = match one_arg(x)? {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(err(x, "invalid value, it must be \"on\" or \"off\"")),
+                    };
+                }
                 "proxy_max_temp_file_size"
                 | "uwsgi_max_temp_file_size"
                 | "scgi_max_temp_file_size"
@@ -745,7 +764,10 @@ impl Reader<'_> {
             let stock = stock_params(protocol);
             // Except what only the site knows: its root and its first server_name.
             params.retain(|p| !stock.contains(p) || p.0 == "DOCUMENT_ROOT" || p.0 == "SERVER_NAME");
-            pass = Some((self.pass(x, protocol, timeouts, buffering)?, params));
+            pass = Some((
+                self.pass(x, protocol, timeouts, buffering, keep_conn)?,
+                params,
+            ));
         }
         let proxy = match proxy_directive {
             Some(x) => Some((self.proxy(x, timeouts, buffering)?, proxy_headers)),

@@ -544,3 +544,91 @@ fn listen_ssl_serves_http2_and_http1_with_the_certificate_sni_asks_for() {
     assert!(!raw.starts_with(b"HTTP/1.1 200"));
     assert_eq!(curl("secure.example", "secure.pem", &[]).0, Some(0));
 }
+
+/// Sockets on this machine with `port` at either end, but the listener (from
+/// /proc/net/tcp: a kept connection shows as its two ends, closed ones as TIME_WAIT).
+fn sockets_on(port: u16) -> usize {
+    let hex = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[1].ends_with(&hex) || f[2].ends_with(&hex)) && f[3] != "0A"
+        })
+        .count()
+}
+
+#[test]
+fn fastcgi_keep_conn_with_keepalive_reuses_connections_to_flup() {
+    let python = testkit::require("python3");
+    let dir = testkit::temp_dir();
+    let d = dir.path();
+    std::fs::write(d.join("flup_app.py"), FLUP).unwrap();
+    let port = testkit::free_port();
+    let flup = || {
+        let mut cmd = Command::new(&python);
+        cmd.args(["flup_app.py", "fcgi", &port.to_string()])
+            .current_dir(d);
+        let mut p = Peer::spawn("fcgi", cmd, Some(&d.join("fcgi.log")));
+        p.wait_tcp(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(20),
+        );
+        p
+    };
+    let backend = flup();
+    let gw_addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    std::fs::write(
+        d.join("site.conf"),
+        format!(
+            "upstream fc {{ server 127.0.0.1:{port}; keepalive 2; }}\n\
+             server {{\n  listen {gw_addr};\n\
+             \x20 location /k/ {{ fastcgi_pass fc; include fastcgi_params; fastcgi_keep_conn on; }}\n\
+             \x20 location /n/ {{ fastcgi_pass fc; include fastcgi_params; }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(["--nginx-conf", "site.conf"]).current_dir(d);
+    let mut gw = Peer::spawn("gateway", cmd, Some(&d.join("gateway.log")));
+    gw.wait_tcp(gw_addr, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(200)); // the wait's probe connection gone
+    let before = sockets_on(port);
+    let ask = |path: &str, body: &str| {
+        let raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let r = exchange(gw_addr, raw.as_bytes());
+        assert_eq!(r.status, 202, "{}", gw.log());
+        assert!(
+            r.text().contains(&format!("body={}:", body.len())),
+            "{}",
+            r.text()
+        );
+        r
+    };
+    for n in 0..6 {
+        ask(&format!("/k/{n}"), &"x".repeat(n * 1000));
+    }
+    let kept = sockets_on(port) - before;
+    assert_eq!(kept, 2, "one connection (two ends) for six requests");
+    for n in 0..6 {
+        ask(&format!("/n/{n}"), "y");
+    }
+    let closed = sockets_on(port) - before;
+    assert!(
+        closed >= 2 + 6,
+        "one connection per request without keep_conn: {closed}"
+    );
+
+    // The backend restarts: the kept connection is dead, the next request gets a new one.
+    drop(backend); // killed and reaped
+    let _backend = flup();
+    for n in 0..3 {
+        ask(&format!("/k/after-{n}"), "z");
+    }
+    assert!(!gw.log().contains("ERROR"), "{}", gw.log());
+}
