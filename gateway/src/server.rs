@@ -219,6 +219,10 @@ impl Stack {
         let site = match load_site(o)? {
             Some((site, _)) => {
                 let site = Arc::new(site);
+                // DNS lookups and health checks run on this process's runtime.
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    site.start();
+                }
                 (0..site.listens().len())
                     .map(|listen| {
                         Arc::new(HttpApp {

@@ -1,5 +1,5 @@
-//! Upstream pools: nginx's `upstream` groups, with its balancing policies and passive
-//! health checks.
+//! Upstream pools: nginx's `upstream` groups, with its balancing policies, passive
+//! health checks, Tengine's active `check`, and `resolve` servers that follow DNS.
 //!
 //! ```
 //! use gateway::upstream::{Policy, ServerSpec, Upstream};
@@ -16,8 +16,8 @@
 //! assert_eq!(counts, [6, 2]); // smooth weighted round robin, as nginx's
 //! ```
 
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,9 @@ pub struct ServerSpec {
     pub backup: bool,
     /// `down`: never used.
     pub down: bool,
+    /// `resolve`: the host name is looked up with the group's [`Resolver`] again and
+    /// again, and the server follows its addresses (all of them, in turn).
+    pub resolve: Option<(String, u16)>,
 }
 
 /// A `server` line that cannot be read.
@@ -84,16 +87,29 @@ impl ServerSpec {
             fail_timeout: Duration::from_secs(10),
             backup: false,
             down: false,
+            resolve: None,
         }
     }
 
     /// Parses what follows `server` in an `upstream` block:
-    /// `ADDR [weight=N] [max_fails=N] [fail_timeout=T] [backup] [down]`. ADDR is
-    /// `host:port`, `unix:/path` or `/path`.
+    /// `ADDR [weight=N] [max_fails=N] [fail_timeout=T] [backup] [down] [resolve]`. ADDR
+    /// is `host:port`, `unix:/path` or `/path`.
     pub fn parse(line: &str) -> Result<Self, ServerSpecError> {
         let mut words = line.split_whitespace();
         let addr = words.next().ok_or(ServerSpecError::Empty)?;
-        let mut spec = Self::new(ListenAddr::parse(addr)?);
+        let resolve = line.split_whitespace().any(|w| w == "resolve");
+        let mut spec = if resolve {
+            // Looked up later, with the group's resolver.
+            let (host, port) = addr
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                .ok_or_else(|| ServerSpecError::Addr(AddrError(addr.to_owned())))?;
+            let mut spec = Self::new(ListenAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], port))));
+            spec.resolve = Some((host.to_owned(), port));
+            spec
+        } else {
+            Self::new(ListenAddr::parse(addr)?)
+        };
         spec.name = addr.to_owned();
         for w in words {
             let bad = || ServerSpecError::Param(w.to_owned());
@@ -107,6 +123,7 @@ impl ServerSpec {
                 }
                 None if w == "backup" => spec.backup = true,
                 None if w == "down" => spec.down = true,
+                None if w == "resolve" => {}
                 _ => return Err(bad()),
             }
         }
@@ -182,8 +199,21 @@ struct PeerState {
 #[derive(Debug)]
 struct Peer {
     spec: ServerSpec,
-    addr: Mutex<ListenAddr>,
+    /// Its addresses (several for a `resolve` name; none until it resolves).
+    addrs: Mutex<Vec<ListenAddr>>,
+    /// The next of them to use.
+    next: AtomicUsize,
     active: Arc<AtomicUsize>,
+    /// Marked down by the active health check.
+    check_down: AtomicBool,
+}
+
+impl Peer {
+    fn addrs(&self) -> std::sync::MutexGuard<'_, Vec<ListenAddr>> {
+        self.addrs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// An `upstream` group.
@@ -195,6 +225,9 @@ pub struct Upstream {
     state: Mutex<Vec<PeerState>>,
     ring: Vec<(u32, usize)>,
     keepalive: usize,
+    resolver: Option<Resolver>,
+    check: Option<HealthCheck>,
+    started: AtomicBool,
 }
 
 fn crc32(data: &[u8]) -> u32 {
@@ -223,9 +256,15 @@ impl Upstream {
         let peers: Vec<Peer> = servers
             .into_iter()
             .map(|spec| Peer {
-                addr: Mutex::new(spec.addr.clone()),
+                addrs: Mutex::new(if spec.resolve.is_some() {
+                    Vec::new()
+                } else {
+                    vec![spec.addr.clone()]
+                }),
+                next: AtomicUsize::new(0),
                 spec,
                 active: Arc::new(AtomicUsize::new(0)),
+                check_down: AtomicBool::new(false),
             })
             .collect();
         let state = peers
@@ -244,6 +283,53 @@ impl Upstream {
             policy,
             state: Mutex::new(state),
             keepalive: 0,
+            resolver: None,
+            check: None,
+            started: AtomicBool::new(false),
+        }
+    }
+
+    /// The resolver `resolve` servers are looked up with (nginx's `resolver`).
+    #[must_use]
+    pub fn resolver(mut self, r: Resolver) -> Self {
+        self.resolver = Some(r);
+        self
+    }
+
+    /// An active health check (Tengine's `check`).
+    #[must_use]
+    pub fn health_check(mut self, c: HealthCheck) -> Self {
+        self.check = Some(c);
+        self
+    }
+
+    /// Whether the group has work to do in the background ([`Upstream::start`]).
+    pub fn needs_start(&self) -> bool {
+        self.check.is_some() || self.peers.iter().any(|p| p.spec.resolve.is_some())
+    }
+
+    /// Starts the background work on the current tokio runtime (once): the DNS lookups
+    /// of `resolve` servers and the active health check.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime, when there is work to start.
+    pub fn start(self: &Arc<Self>) {
+        if !self.needs_start() || self.started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if self.peers.iter().any(|p| p.spec.resolve.is_some()) {
+            match &self.resolver {
+                Some(r) => {
+                    tokio::spawn(follow_dns(self.clone(), r.clone()));
+                }
+                None => tracing::error!(
+                    "upstream {}: \"resolve\" servers without a resolver: they stay unused",
+                    self.name
+                ),
+            }
+        }
+        if let Some(c) = &self.check {
+            tokio::spawn(check_health(self.clone(), c.clone()));
         }
     }
 
@@ -311,11 +397,9 @@ impl Upstream {
     /// DNS-based discovery); a name that does not resolve keeps its last address.
     pub fn resolve(&self) {
         for p in &self.peers {
-            if let ListenAddr::Tcp(_) = p.spec.addr {
+            if let (ListenAddr::Tcp(_), None) = (&p.spec.addr, &p.spec.resolve) {
                 if let Ok(a) = ListenAddr::parse(&p.spec.name) {
-                    *p.addr
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = a;
+                    *p.addrs() = vec![a];
                 }
             }
         }
@@ -328,8 +412,12 @@ impl Upstream {
         let now = Instant::now();
         let mut state = self.lock();
         let usable = |i: usize, st: &[PeerState]| {
-            let p = &self.peers[i].spec;
-            !p.down && !tried.contains(&i) && st[i].down_until.is_none_or(|t| now >= t)
+            let peer = &self.peers[i];
+            !peer.spec.down
+                && !tried.contains(&i)
+                && st[i].down_until.is_none_or(|t| now >= t)
+                && !peer.check_down.load(Ordering::Relaxed)
+                && !peer.addrs().is_empty()
         };
         let mut index = None;
         for backup in [false, true] {
@@ -365,12 +453,12 @@ impl Upstream {
         }
         let index = index?;
         let peer = &self.peers[index];
+        let addr = {
+            let addrs = peer.addrs();
+            let n = peer.next.fetch_add(1, Ordering::Relaxed);
+            addrs.get(n % addrs.len().max(1))?.clone()
+        };
         peer.active.fetch_add(1, Ordering::Relaxed);
-        let addr = peer
-            .addr
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
         Some(Pick {
             index,
             addr,
@@ -745,5 +833,307 @@ mod tests {
             let a = u.pick(&ctx, &[]).unwrap().index;
             prop_assert_eq!(u.pick(&ctx, &[]).unwrap().index, a);
         }
+    }
+}
+
+/// nginx's `resolver ADDR... [valid=T] [ipv6=off]`: the DNS servers `resolve` names are
+/// looked up with, and how long an answer holds (its TTL when `valid` is not given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolver {
+    /// The DNS servers (port 53 unless given).
+    pub servers: Vec<SocketAddr>,
+    /// `valid=T`: looked up again after this long, whatever the TTL.
+    pub valid: Option<Duration>,
+    /// `ipv6=off`: only A records.
+    pub ipv6: bool,
+    /// `resolver_timeout` (default 30 s).
+    pub timeout: Duration,
+}
+
+impl Resolver {
+    /// Parses the arguments of nginx's `resolver` directive.
+    pub fn parse(args: &[String]) -> Result<Self, ServerSpecError> {
+        let mut r = Self {
+            servers: Vec::new(),
+            valid: None,
+            ipv6: true,
+            timeout: Duration::from_secs(30),
+        };
+        for a in args {
+            let bad = || ServerSpecError::Param(a.clone());
+            match a.split_once('=') {
+                Some(("valid", v)) => r.valid = Some(parse_duration(v).ok_or_else(bad)?),
+                Some(("ipv6", "on")) => r.ipv6 = true,
+                Some(("ipv6", "off")) => r.ipv6 = false,
+                Some(("ipv4", "on")) => {}
+                Some(("status_zone", _)) => {}
+                Some(_) => return Err(bad()),
+                None => {
+                    let addr = a
+                        .parse::<SocketAddr>()
+                        .or_else(|_| a.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                        .or_else(|_| {
+                            a.trim_start_matches('[')
+                                .trim_end_matches(']')
+                                .parse::<IpAddr>()
+                                .map(|ip| SocketAddr::new(ip, 53))
+                        })
+                        .map_err(|_| bad())?;
+                    r.servers.push(addr);
+                }
+            }
+        }
+        if r.servers.is_empty() {
+            return Err(ServerSpecError::Empty);
+        }
+        Ok(r)
+    }
+}
+
+/// Looks the group's `resolve` names up again and again; a failed lookup keeps the last
+/// addresses.
+async fn follow_dns(up: Arc<Upstream>, r: Resolver) {
+    use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+    let servers = r
+        .servers
+        .iter()
+        .map(|a| {
+            let mut udp = ConnectionConfig::udp();
+            udp.port = a.port();
+            let mut tcp = ConnectionConfig::tcp();
+            tcp.port = a.port();
+            NameServerConfig::new(a.ip(), true, vec![udp, tcp])
+        })
+        .collect();
+    let mut builder = hickory_resolver::Resolver::builder_with_config(
+        ResolverConfig::from_parts(None, Vec::new(), servers),
+        hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+    );
+    let opts = builder.options_mut();
+    opts.cache_size = 0;
+    opts.timeout = r.timeout;
+    opts.attempts = 1;
+    opts.ip_strategy = if r.ipv6 {
+        hickory_resolver::config::LookupIpStrategy::Ipv4AndIpv6
+    } else {
+        hickory_resolver::config::LookupIpStrategy::Ipv4Only
+    };
+    let resolver = match builder.build() {
+        Ok(resolver) => resolver,
+        Err(e) => {
+            tracing::error!("upstream {}: resolver: {e}", up.name);
+            return;
+        }
+    };
+    loop {
+        let mut again = r.valid.unwrap_or(Duration::from_secs(300));
+        for p in &up.peers {
+            let Some((host, port)) = &p.spec.resolve else {
+                continue;
+            };
+            let name = format!("{}.", host.trim_end_matches('.'));
+            match resolver.lookup_ip(name.as_str()).await {
+                Ok(found) => {
+                    if r.valid.is_none() {
+                        let ttl = found
+                            .valid_until()
+                            .saturating_duration_since(Instant::now());
+                        again = again.min(ttl.max(Duration::from_secs(1)));
+                    }
+                    let mut addrs: Vec<ListenAddr> = found
+                        .iter()
+                        .map(|ip| ListenAddr::Tcp(SocketAddr::new(ip, *port)))
+                        .collect();
+                    addrs.sort_by_key(ToString::to_string);
+                    let mut current = p.addrs();
+                    if *current != addrs {
+                        tracing::info!(
+                            "upstream {}: {host} now resolves to {}",
+                            up.name,
+                            addrs
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
+                        *current = addrs;
+                    }
+                }
+                Err(e) => {
+                    again = again.min(Duration::from_secs(5));
+                    tracing::warn!(
+                        "upstream {}: cannot resolve {host}: {e} (its last addresses stay)",
+                        up.name
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(again).await;
+    }
+}
+
+/// Tengine's `check`: an active health check of every server of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// `interval=MS` (default 30 s).
+    pub interval: Duration,
+    /// `rise=N` successes in a row bring a server back (default 2).
+    pub rise: u32,
+    /// `fall=N` failures in a row take it out (default 5).
+    pub fall: u32,
+    /// `timeout=MS` for one probe (default 1 s).
+    pub timeout: Duration,
+    /// `type=tcp` (a connection) or `type=http` (a request and its status).
+    pub kind: CheckKind,
+    /// `default_down=true`: servers start out down until they pass (the gateway's
+    /// default is `false`: each worker process checks on its own, and a fresh worker
+    /// should not refuse traffic until its first checks).
+    pub default_down: bool,
+}
+
+/// What a probe does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CheckKind {
+    /// The server accepts a connection.
+    Tcp,
+    /// The server answers `send` (`check_http_send`) with a status whose class is in
+    /// `alive` (`check_http_expect_alive http_2xx http_3xx`: 2 and 3).
+    Http {
+        /// The request sent.
+        send: String,
+        /// The status classes (the hundreds digit) that mean alive.
+        alive: Vec<u16>,
+    },
+}
+
+impl HealthCheck {
+    /// Parses the arguments of Tengine's `check` directive (times in milliseconds).
+    pub fn parse(args: &[String]) -> Result<Self, ServerSpecError> {
+        let mut c = Self {
+            interval: Duration::from_secs(30),
+            rise: 2,
+            fall: 5,
+            timeout: Duration::from_secs(1),
+            kind: CheckKind::Tcp,
+            default_down: false,
+        };
+        for a in args {
+            let bad = || ServerSpecError::Param(a.clone());
+            let ms = |v: &str| v.parse::<u64>().ok().map(Duration::from_millis);
+            match a.split_once('=') {
+                Some(("interval", v)) => {
+                    c.interval = ms(v).filter(|d| !d.is_zero()).ok_or_else(bad)?
+                }
+                Some(("timeout", v)) => {
+                    c.timeout = ms(v).filter(|d| !d.is_zero()).ok_or_else(bad)?
+                }
+                Some(("rise", v)) => c.rise = v.parse().ok().filter(|&n| n > 0).ok_or_else(bad)?,
+                Some(("fall", v)) => c.fall = v.parse().ok().filter(|&n| n > 0).ok_or_else(bad)?,
+                Some(("default_down", "true")) => c.default_down = true,
+                Some(("default_down", "false")) => c.default_down = false,
+                Some(("type", "tcp")) => c.kind = CheckKind::Tcp,
+                Some(("type", "http")) => {
+                    c.kind = CheckKind::Http {
+                        send: "GET / HTTP/1.0\r\n\r\n".into(),
+                        alive: vec![2, 3],
+                    };
+                }
+                _ => return Err(bad()),
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// One probe of `addr`.
+async fn probe(addr: &ListenAddr, kind: &CheckKind) -> std::io::Result<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn ask<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        mut s: S,
+        kind: &CheckKind,
+    ) -> std::io::Result<bool> {
+        let CheckKind::Http { send, alive } = kind else {
+            return Ok(true);
+        };
+        s.write_all(send.as_bytes()).await?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 512];
+        while !head.contains(&b'\n') && head.len() < 4096 {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        // `HTTP/1.1 200 OK`
+        let status = std::str::from_utf8(&head)
+            .ok()
+            .and_then(|h| h.split_whitespace().nth(1)?.parse::<u16>().ok());
+        Ok(status.is_some_and(|s| alive.contains(&(s / 100))))
+    }
+    match addr {
+        ListenAddr::Tcp(a) => ask(tokio::net::TcpStream::connect(a).await?, kind).await,
+        ListenAddr::Unix(p) => ask(tokio::net::UnixStream::connect(p).await?, kind).await,
+    }
+}
+
+/// Probes every server of the group every `interval`, marking servers down after `fall`
+/// failures in a row and up after `rise` successes.
+async fn check_health(up: Arc<Upstream>, c: HealthCheck) {
+    let n = up.peers.len();
+    let (mut ups, mut downs) = (vec![0u32; n], vec![0u32; n]);
+    if c.default_down {
+        for p in &up.peers {
+            p.check_down.store(true, Ordering::Relaxed);
+        }
+    }
+    loop {
+        let probes = up.peers.iter().map(|p| {
+            let addr = p.addrs().first().cloned();
+            let kind = c.kind.clone();
+            async move {
+                match addr {
+                    _ if p.spec.down => None,
+                    None => None,
+                    Some(a) => Some(matches!(
+                        tokio::time::timeout(c.timeout, probe(&a, &kind)).await,
+                        Ok(Ok(true))
+                    )),
+                }
+            }
+        });
+        let results = futures_util::future::join_all(probes).await;
+        for (i, ok) in results.into_iter().enumerate() {
+            let Some(ok) = ok else { continue };
+            let p = &up.peers[i];
+            let down = p.check_down.load(Ordering::Relaxed);
+            if ok {
+                downs[i] = 0;
+                ups[i] += 1;
+                if down && ups[i] >= c.rise {
+                    p.check_down.store(false, Ordering::Relaxed);
+                    tracing::info!(
+                        "upstream {}: server {} passed {} check(s): back in use",
+                        up.name,
+                        p.spec.name,
+                        ups[i]
+                    );
+                }
+            } else {
+                ups[i] = 0;
+                downs[i] += 1;
+                if !down && downs[i] >= c.fall {
+                    p.check_down.store(true, Ordering::Relaxed);
+                    tracing::warn!(
+                        "upstream {}: server {} failed {} check(s): out of use",
+                        up.name,
+                        p.spec.name,
+                        downs[i]
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(c.interval).await;
     }
 }

@@ -142,6 +142,10 @@ impl Lexer<'_> {
                         out.push(b'\t');
                         self.pos += 1;
                     }
+                    Some(b'r') => {
+                        out.push(b'\r');
+                        self.pos += 1;
+                    }
                     _ => out.push(b'\\'),
                 },
                 b'\n' => {

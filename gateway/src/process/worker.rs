@@ -106,7 +106,10 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
         .worker_threads((cores / processes).max(1))
         .enable_all()
         .build()?;
-    let stack = Stack::new(o, host)?;
+    let stack = {
+        let _runtime = runtime.enter(); // for the site's background tasks
+        Stack::new(o, host)?
+    };
     let acceptors = Arc::new(Acceptors::default());
     for (n, (l, proto)) in listeners.iter().enumerate() {
         let l = match l {

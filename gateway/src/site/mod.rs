@@ -179,6 +179,8 @@ struct VirtualServer {
 /// An nginx site configuration, ready to answer requests.
 #[derive(Debug)]
 pub struct Site {
+    /// Every upstream group (for [`Site::start`]).
+    upstreams: Vec<Arc<Upstream>>,
     listens: Vec<ListenAddr>,
     servers: Vec<VirtualServer>,
     /// The TLS configuration of each `listen ... ssl` address.
@@ -410,6 +412,8 @@ struct Reader<'a> {
     formats: HashMap<String, crate::access::Format>,
     /// Access logs already opened, by path and format name: each file is opened once.
     logs: HashMap<(PathBuf, String), Arc<crate::access::AccessLog>>,
+    /// The http-level `resolver`.
+    resolver: Option<crate::upstream::Resolver>,
 }
 
 impl Reader<'_> {
@@ -532,10 +536,43 @@ impl Reader<'_> {
         let mut servers = Vec::new();
         let mut policy = Policy::RoundRobin;
         let mut keepalive = 0;
+        let mut check: Option<crate::upstream::HealthCheck> = None;
+        let (mut http_send, mut http_alive) = (None, None);
         for x in d.block.as_deref().unwrap_or_default() {
             match x.name.as_str() {
-                "server" => servers
-                    .push(ServerSpec::parse(&x.args.join(" ")).map_err(|e| err(x, e.to_string()))?),
+                "server" => {
+                    let spec =
+                        ServerSpec::parse(&x.args.join(" ")).map_err(|e| err(x, e.to_string()))?;
+                    if spec.resolve.is_some() && self.resolver.is_none() {
+                        return Err(err(
+                            x,
+                            format!("no resolver defined to resolve {}", spec.name),
+                        ));
+                    }
+                    servers.push(spec);
+                }
+                "zone" => {} // shared memory: each process keeps its own state
+                "check" => {
+                    check = Some(
+                        crate::upstream::HealthCheck::parse(&x.args)
+                            .map_err(|e| err(x, e.to_string()))?,
+                    );
+                }
+                "check_http_send" => http_send = Some(one_arg(x)?.to_owned()),
+                "check_http_expect_alive" => {
+                    let classes = x
+                        .args
+                        .iter()
+                        .map(|a| {
+                            a.strip_prefix("http_")
+                                .and_then(|c| c.strip_suffix("xx"))
+                                .and_then(|c| c.parse::<u16>().ok())
+                                .filter(|c| (1..=5).contains(c))
+                                .ok_or_else(|| err(x, format!("invalid value \"{a}\"")))
+                        })
+                        .collect::<Result<Vec<u16>, _>>()?;
+                    http_alive = Some(classes);
+                }
                 "least_conn" => policy = Policy::LeastConn,
                 "ip_hash" => policy = Policy::IpHash,
                 "hash" => {
@@ -573,10 +610,22 @@ impl Reader<'_> {
         if servers.is_empty() {
             return Err(err(d, format!("no servers are inside upstream \"{name}\"")));
         }
-        self.upstreams.insert(
-            name.clone(),
-            Arc::new(Upstream::new(name, servers, policy).keepalive(keepalive)),
-        );
+        let mut up = Upstream::new(name.clone(), servers, policy).keepalive(keepalive);
+        if let Some(r) = &self.resolver {
+            up = up.resolver(r.clone());
+        }
+        if let Some(mut c) = check {
+            if let crate::upstream::CheckKind::Http { send, alive } = &mut c.kind {
+                if let Some(s) = http_send {
+                    *send = s;
+                }
+                if let Some(a) = http_alive {
+                    *alive = a;
+                }
+            }
+            up = up.health_check(c);
+        }
+        self.upstreams.insert(name, Arc::new(up));
         Ok(())
     }
 
@@ -799,6 +848,7 @@ impl Site {
             warnings: &mut warnings,
             formats: HashMap::new(),
             logs: HashMap::new(),
+            resolver: None,
         };
         // Where the http-level directives are: in `http {}`, or at the top of a site file.
         let mut http_level: Vec<&Directive> = Vec::new();
@@ -810,12 +860,23 @@ impl Site {
                         reader.harmless(x)?;
                     }
                 }
-                "server" | "upstream" | "types" | "log_format" | "access_log" => http_level.push(d),
+                "server" | "upstream" | "types" | "log_format" | "access_log" | "resolver"
+                | "resolver_timeout" => http_level.push(d),
                 _ if setting(d, &mut Settings::default())? => http_level.push(d),
                 _ => reader.harmless(d)?,
             }
         }
-        // Upstreams first: a pass may name one defined later.
+        // The resolver, then upstreams: a pass may name one defined later.
+        for d in http_level.iter().filter(|d| d.name == "resolver") {
+            reader.resolver =
+                Some(crate::upstream::Resolver::parse(&d.args).map_err(|e| err(d, e.to_string()))?);
+        }
+        if let Some(d) = http_level.iter().find(|d| d.name == "resolver_timeout") {
+            let t = parse_duration(one_arg(d)?).ok_or_else(|| err(d, "invalid value"))?;
+            if let Some(r) = &mut reader.resolver {
+                r.timeout = t;
+            }
+        }
         for d in &http_level {
             if d.name == "upstream" {
                 reader.upstream(d)?;
@@ -831,7 +892,7 @@ impl Site {
         }
         base.access = reader.access_logs(http_level.iter().copied())?;
         for d in &http_level {
-            if d.name == "log_format" {
+            if ["log_format", "resolver", "resolver_timeout"].contains(&d.name.as_str()) {
                 continue;
             }
             if d.name == "types" {
@@ -995,14 +1056,24 @@ impl Site {
             config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             tls.insert(i, Arc::new(config));
         }
+        let upstreams = reader.upstreams.values().cloned().collect();
         Ok((
             Self {
+                upstreams,
                 listens,
                 servers,
                 tls,
             },
             warnings,
         ))
+    }
+
+    /// Starts the upstream groups' background work (DNS lookups of `resolve` servers,
+    /// active health checks) on the current tokio runtime.
+    pub fn start(&self) {
+        for u in &self.upstreams {
+            u.start();
+        }
     }
 
     /// The TLS configuration of listener `listen` (`listen ... ssl`), HTTP/2 and HTTP/1.1

@@ -37,8 +37,12 @@ def application(environ, start_response):
 "#;
 
 fn uwsgi(dir: &Path, name: &str) -> (Peer, SocketAddr) {
-    let uwsgi = testkit::require("uwsgi");
     let addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    (uwsgi_at(dir, name, addr), addr)
+}
+
+fn uwsgi_at(dir: &Path, name: &str, addr: SocketAddr) -> Peer {
+    let uwsgi = testkit::require("uwsgi");
     let mut cmd = Command::new(uwsgi);
     cmd.args(["--socket", &addr.to_string(), "--wsgi-file", "backend.py"])
         .args([
@@ -51,7 +55,28 @@ fn uwsgi(dir: &Path, name: &str) -> (Peer, SocketAddr) {
         .current_dir(dir);
     let mut peer = Peer::spawn(name, cmd, Some(&dir.join(format!("{name}.log"))));
     peer.wait_tcp(addr, Duration::from_secs(20));
-    (peer, addr)
+    peer
+}
+
+/// The gateway with the nginx site `conf` (its `listen` is `addr`).
+fn site(dir: &Path, addr: SocketAddr, conf: &str) -> Peer {
+    std::fs::write(dir.join("site.conf"), conf).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(["--nginx-conf", "site.conf"]).current_dir(dir);
+    let mut gw = Peer::spawn("gateway", cmd, Some(&dir.join("front.log")));
+    gw.wait_tcp(addr, Duration::from_secs(20));
+    gw
+}
+
+/// Which backend answered `n` requests for `path`, in order.
+fn answered_by(addr: SocketAddr, path: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let r = get(addr, path);
+            assert!(r.status < 500, "{} {}", r.status, r.text());
+            r.header("x-backend").unwrap_or("-").to_owned()
+        })
+        .collect()
 }
 
 fn front(dir: &Path, backends: &[String], extra: &[&str]) -> (Peer, SocketAddr) {
@@ -541,4 +566,153 @@ fn a_slow_client_does_not_hold_the_backend_unless_buffering_is_off() {
     let pong = ping("/off/", Duration::from_secs(10)).unwrap();
     assert_eq!(HttpResponse::parse(&pong).text(), "pong");
     assert!(!gw.log().contains("ERROR"), "{}", gw.log());
+}
+
+/// Tengine's `check`: a killed backend is taken out by the probes before any request goes
+/// to it, and comes back as soon as it passes again (the passive `fail_timeout=30s` alone
+/// would keep it out for 30 s).
+#[test]
+fn active_health_checks_take_a_dead_backend_out_and_bring_it_back() {
+    let dir = testkit::temp_dir();
+    let d = dir.path();
+    std::fs::write(d.join("backend.py"), BACKEND_APP).unwrap();
+    let (a, a_addr) = uwsgi(d, "a");
+    let (b, b_addr) = uwsgi(d, "b");
+    let addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    let gw = site(
+        d,
+        addr,
+        &format!(
+            "upstream app {{\n  server {a_addr} max_fails=1 fail_timeout=30s;\n  server {b_addr} max_fails=1 fail_timeout=30s;\n\
+             \x20 check interval=200 rise=2 fall=2 timeout=500 type=tcp;\n}}\n\
+             server {{ listen {addr}; location / {{ uwsgi_pass app; include uwsgi_params; }} }}\n"
+        ),
+    );
+    let both = answered_by(addr, "/x", 6);
+    assert!(
+        both.contains(&"a".into()) && both.contains(&"b".into()),
+        "{both:?}"
+    );
+    drop(b);
+    gw.wait_log("failed 2 check(s): out of use", Duration::from_secs(10));
+    // POSTs are not retried on another server: with the check, none goes to the dead one.
+    for n in 0..8 {
+        let r = exchange(
+            addr,
+            format!(
+                "POST /p{n} HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(r.status, 201, "{}", gw.log());
+        assert_eq!(r.header("x-backend"), Some("a"));
+    }
+    assert!(!gw.log().contains("cannot connect"), "{}", gw.log());
+    let _b = uwsgi_at(d, "b", b_addr);
+    gw.wait_log("passed 2 check(s): back in use", Duration::from_secs(10));
+    let again = answered_by(addr, "/y", 6);
+    assert!(again.contains(&"b".into()), "{again:?}");
+    drop(a);
+}
+
+/// `type=http` probes a plain HTTP backend (Python's http.server) with
+/// `check_http_send`, and `check_http_expect_alive` decides.
+#[test]
+fn http_health_checks_follow_the_status_a_backend_answers() {
+    let python = testkit::require("python3");
+    let dir = testkit::temp_dir();
+    let d = dir.path();
+    let www = d.join("www");
+    std::fs::create_dir(&www).unwrap();
+    std::fs::write(www.join("health.txt"), "ok").unwrap();
+    std::fs::write(www.join("page.txt"), "page").unwrap();
+    let port = testkit::free_port();
+    let mut cmd = Command::new(python);
+    cmd.args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+        .arg(&www)
+        .arg(port.to_string());
+    let mut backend = Peer::spawn("http.server", cmd, Some(&d.join("http.log")));
+    backend.wait_tcp(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(20),
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    let gw = site(
+        d,
+        addr,
+        &format!(
+            "upstream web {{\n  server 127.0.0.1:{port};\n\
+             \x20 check interval=200 rise=1 fall=1 timeout=1000 type=http;\n\
+             \x20 check_http_send \"GET /health.txt HTTP/1.0\\r\\n\\r\\n\";\n\
+             \x20 check_http_expect_alive http_2xx;\n}}\n\
+             server {{ listen {addr}; location / {{ proxy_pass http://web; }} }}\n"
+        ),
+    );
+    assert_eq!(get(addr, "/page.txt").text(), "page");
+    std::fs::remove_file(www.join("health.txt")).unwrap(); // now 404
+    gw.wait_log("failed 1 check(s): out of use", Duration::from_secs(10));
+    assert_eq!(get(addr, "/page.txt").status, 502, "no server left");
+    std::fs::write(www.join("health.txt"), "ok").unwrap();
+    gw.wait_log("passed 1 check(s): back in use", Duration::from_secs(10));
+    assert_eq!(get(addr, "/page.txt").text(), "page");
+}
+
+/// `server NAME resolve` with `resolver`: the pool follows DNS (a real dnsmasq serving a
+/// hosts file that changes), as a Kubernetes service moves.
+#[test]
+fn resolve_servers_follow_dns_changes() {
+    let dnsmasq = testkit::require("dnsmasq");
+    let dir = testkit::temp_dir();
+    let d = dir.path();
+    std::fs::write(d.join("backend.py"), BACKEND_APP).unwrap();
+    let port = testkit::free_port();
+    let _a = uwsgi_at(d, "a", SocketAddr::from(([127, 0, 0, 1], port)));
+    let _b = uwsgi_at(d, "b", SocketAddr::from(([127, 0, 0, 2], port)));
+    let hosts = d.join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 backend.test\n").unwrap();
+    let dns_port = testkit::free_port();
+    let mut cmd = Command::new(dnsmasq);
+    cmd.args([
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.1",
+        "--user=root",
+        "--pid-file=",
+        "--local-ttl=1",
+        "--log-queries",
+        "--log-facility=-",
+    ])
+    .arg(format!("--port={dns_port}"))
+    .arg(format!("--addn-hosts={}", hosts.display()));
+    let dns = Peer::spawn("dnsmasq", cmd, Some(&d.join("dnsmasq.log")));
+    dns.wait_log("read ", Duration::from_secs(10));
+    let addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    let gw = site(
+        d,
+        addr,
+        &format!(
+            "resolver 127.0.0.1:{dns_port} valid=1s ipv6=off;\n\
+             upstream app {{ zone app 64k; server backend.test:{port} resolve; }}\n\
+             server {{ listen {addr}; location / {{ uwsgi_pass app; include uwsgi_params; }} }}\n"
+        ),
+    );
+    gw.wait_log(
+        &format!("backend.test now resolves to 127.0.0.1:{port}"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(answered_by(addr, "/", 3), ["a", "a", "a"]);
+    std::fs::write(&hosts, "127.0.0.2 backend.test\n").unwrap();
+    dns.signal("HUP");
+    gw.wait_log(
+        &format!("backend.test now resolves to 127.0.0.2:{port}"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(answered_by(addr, "/", 3), ["b", "b", "b"]);
+    assert!(
+        dns.log().contains("backend.test"),
+        "the gateway asked dnsmasq: {}",
+        dns.log()
+    );
 }
