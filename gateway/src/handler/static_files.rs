@@ -10,6 +10,60 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use super::Body;
 
+/// What opening a file under a root gave.
+enum Opened {
+    File(std::fs::File, std::fs::Metadata),
+    Missing,
+    /// A symlink (or `..`) leads out of the root: the path it leads to, when known.
+    Outside(PathBuf),
+}
+
+/// Opens `file` (a path under `root`) for reading without leaving `root`: one `openat2`
+/// with `RESOLVE_BENEATH` from the root (Linux 5.6+), so neither `..` nor a symlink can
+/// lead out; on older kernels, the canonical paths are compared. A directory is missing.
+fn open_beneath(root: &std::path::Path, file: &std::path::Path) -> Opened {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    let regular = |f: std::fs::File| match f.metadata() {
+        Ok(m) if m.is_file() => Opened::File(f, m),
+        _ => Opened::Missing,
+    };
+    if let Ok(rel) = file.strip_prefix(root) {
+        let dir = nix::fcntl::open(
+            root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        );
+        let Ok(dir) = dir else {
+            return Opened::Missing;
+        };
+        let rel = if rel.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            rel
+        };
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        match nix::fcntl::openat2(&dir, rel, how) {
+            Ok(fd) => return regular(std::fs::File::from(fd)),
+            Err(nix::errno::Errno::EXDEV | nix::errno::Errno::ELOOP) => {
+                return Opened::Outside(
+                    std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf()),
+                );
+            }
+            Err(nix::errno::Errno::ENOSYS | nix::errno::Errno::EPERM) => {} // no openat2
+            Err(_) => return Opened::Missing,
+        }
+    }
+    let (Ok(real), Ok(root)) = (std::fs::canonicalize(file), std::fs::canonicalize(root)) else {
+        return Opened::Missing;
+    };
+    if !real.starts_with(&root) {
+        return Opened::Outside(real);
+    }
+    std::fs::File::open(&real).map_or(Opened::Missing, regular)
+}
+
 /// One mapping: URL prefix to directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticMap {
@@ -148,8 +202,9 @@ pub async fn serve_file(
     root: &std::path::Path,
     content_type: Option<&str>,
 ) -> Response<Body> {
-    // One trip to a blocking thread: stat, resolve symlinks, open, and read a small file
-    // that will be sent whole.
+    // Opened, checked and (when small) read right here, as nginx does: on a local file
+    // system these are page-cache operations of a few µs, cheaper than a trip to a
+    // blocking thread. Larger files are read in blocks off the async threads.
     let plain_get = method == Method::GET
         && ![
             header::RANGE,
@@ -158,31 +213,9 @@ pub async fn serve_file(
         ]
         .iter()
         .any(|h| headers.contains_key(h));
-    let (path, root_path) = (file.to_path_buf(), root.to_path_buf());
-    let opened = tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let meta = std::fs::metadata(&path).ok()?;
-        let real = std::fs::canonicalize(&path).ok()?;
-        let root = std::fs::canonicalize(&root_path).ok()?;
-        if !real.starts_with(&root) {
-            return Some(Err((real, root)));
-        }
-        let mut f = std::fs::File::open(&real).ok()?;
-        let small = if plain_get && meta.len() <= SMALL_FILE {
-            let mut buf = Vec::with_capacity(meta.len() as usize);
-            f.read_to_end(&mut buf).ok()?;
-            Some(bytes::Bytes::from(buf))
-        } else {
-            None
-        };
-        Some(Ok((meta, real, f, small)))
-    })
-    .await
-    .ok()
-    .flatten();
-    let (meta, real, opened_file, small) = match opened {
-        None => return plain(StatusCode::NOT_FOUND),
-        Some(Err((real, root))) => {
+    let (meta, real, opened_file, small) = match open_beneath(root, file) {
+        Opened::Missing => return plain(StatusCode::NOT_FOUND),
+        Opened::Outside(real) => {
             // No way out of the root through symlinks.
             tracing::warn!(
                 "static file {} leads out of {}: refused",
@@ -191,7 +224,19 @@ pub async fn serve_file(
             );
             return plain(StatusCode::FORBIDDEN);
         }
-        Some(Ok(o)) => o,
+        Opened::File(mut f, meta) => {
+            let small = if plain_get && meta.len() <= SMALL_FILE {
+                use std::io::Read;
+                let mut buf = Vec::with_capacity(meta.len() as usize);
+                if f.read_to_end(&mut buf).is_err() {
+                    return plain(StatusCode::NOT_FOUND);
+                }
+                Some(bytes::Bytes::from(buf))
+            } else {
+                None
+            };
+            (meta, file.to_path_buf(), f, small)
+        }
     };
     if method != Method::GET && method != Method::HEAD {
         let mut r = plain(StatusCode::METHOD_NOT_ALLOWED);

@@ -383,6 +383,9 @@ fn static_maps() {
     std::fs::write(st.join("style.css"), &css).unwrap();
     std::fs::write(st.join("sub/index.html"), b"<h1>index</h1>").unwrap();
     std::os::unix::fs::symlink("/etc/hostname", st.join("escape.txt")).unwrap();
+    std::fs::write(dir.path().join("secret.txt"), b"SECRET").unwrap();
+    std::os::unix::fs::symlink("../../secret.txt", st.join("sub/up.txt")).unwrap();
+    std::os::unix::fs::symlink("../style.css", st.join("sub/inside.css")).unwrap();
     let (a, sa) = addr();
     let gw = gateway(
         dir.path(),
@@ -465,8 +468,11 @@ fn static_maps() {
         "went to the app: {}",
         r.text()
     );
-    // A symlink out of the root.
+    // A symlink out of the root, absolute or relative; one that stays inside is followed.
     assert_eq!(get("/static/escape.txt", "").status, 403);
+    assert_eq!(get("/static/sub/up.txt", "").status, 403);
+    let r = get("/static/sub/inside.css", "");
+    assert_eq!((r.status, r.body.len()), (200, css.len()));
     // A missing file goes on to the app (uWSGI's behaviour).
     let r = get("/static/missing.png", "");
     assert!(
