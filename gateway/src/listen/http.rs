@@ -88,10 +88,10 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
         };
         Box::pin(async move {
             // The request's facts for its access-log line (only when a line may be
-            // written: a site can name its own logs, so it always records).
+            // written: by default, or to a site's own `access_log`).
             let logs = crate::access::default_logs();
-            let record = (matches!(app.backend, Backend::Site { .. })
-                || crate::access::any_enabled(&logs))
+            let own = matches!(&app.backend, Backend::Site { site, .. } if site.has_own_logs());
+            let record = (own || crate::access::any_enabled(&logs))
             .then(|| {
                 crate::access::Record::from_request(&req, conn.peer.map(|p| p.ip()), conn.https)
             });

@@ -181,6 +181,8 @@ struct VirtualServer {
 pub struct Site {
     /// Every upstream group (for [`Site::start`]).
     upstreams: Vec<Arc<Upstream>>,
+    /// Whether any `access_log` names a file.
+    own_logs: bool,
     listens: Vec<ListenAddr>,
     servers: Vec<VirtualServer>,
     /// The TLS configuration of each `listen ... ssl` address.
@@ -1057,15 +1059,22 @@ impl Site {
             tls.insert(i, Arc::new(config));
         }
         let upstreams = reader.upstreams.values().cloned().collect();
+        let own_logs = !reader.logs.is_empty();
         Ok((
             Self {
                 upstreams,
+                own_logs,
                 listens,
                 servers,
                 tls,
             },
             warnings,
         ))
+    }
+
+    /// Whether some server or location writes its own access log (`access_log PATH`).
+    pub fn has_own_logs(&self) -> bool {
+        self.own_logs
     }
 
     /// Starts the upstream groups' background work (DNS lookups of `resolve` servers,
