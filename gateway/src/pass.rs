@@ -796,8 +796,29 @@ impl Pass {
                 response = response.header(name, value);
             }
         }
-        // All of it came with the head: no reading task.
-        if length == Some(buf.len() as u64) {
+        // A small answer is often all there already (and, over uwsgi or SCGI, ended by
+        // the close): what can be read without waiting is read now, and a complete
+        // answer needs no reading task.
+        let mut ended = false;
+        while length.is_none_or(|n| (buf.len() as u64) < n) && buf.len() < 256 * 1024 {
+            buf.reserve(64 * 1024);
+            match futures_util::FutureExt::now_or_never(s.read_buf(&mut buf)) {
+                Some(Ok(0)) => {
+                    ended = true;
+                    break;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break, // the reading task meets an error again
+            }
+        }
+        let complete = match length {
+            Some(n) => buf.len() as u64 >= n,
+            None => ended,
+        };
+        if complete {
+            if let Some(n) = length {
+                buf.truncate(usize::try_from(n).unwrap_or(usize::MAX));
+            }
             return response
                 .body(PassBody::full(buf.freeze()))
                 .map_err(|e| TryError::Upstream(e.to_string()));

@@ -91,8 +91,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
             // written: by default, or to a site's own `access_log`).
             let logs = crate::access::default_logs();
             let own = matches!(&app.backend, Backend::Site { site, .. } if site.has_own_logs());
-            let record = (own || crate::access::any_enabled(&logs))
-            .then(|| {
+            let record = (own || crate::access::any_enabled(&logs)).then(|| {
                 crate::access::Record::from_request(&req, conn.peer.map(|p| p.ip()), conn.https)
             });
             let response = if let Backend::Site { site, listen } = &app.backend {
