@@ -334,6 +334,7 @@ impl Master<'_> {
 
     fn spawn(&mut self, id: usize) -> anyhow::Result<()> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let master = nix::unistd::getpid();
         match sys::fork()? {
             Forked::Child => {
                 drop(read);
@@ -361,6 +362,7 @@ impl Master<'_> {
                     report: std::fs::File::from(write),
                     max_requests: self.max_requests(id),
                     front,
+                    master,
                 };
                 worker::run(start)
             }

@@ -30,6 +30,8 @@ pub(crate) struct Start<'a> {
     pub(crate) max_requests: Option<u64>,
     /// A front process: serves `--http-to` listeners, without Python.
     pub(crate) front: bool,
+    /// The master's pid (the parent this worker must outlive no longer than a moment).
+    pub(crate) master: nix::unistd::Pid,
 }
 
 /// Lines a worker sends the master.
@@ -61,6 +63,7 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
         report,
         max_requests,
         front,
+        master,
     } = start;
     let app = app.filter(|_| !front); // the front runs no Python
     crate::access::set_worker(id);
@@ -71,6 +74,12 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
     sys::ignore(Signal::SIGINT)?;
     sys::ignore(Signal::SIGHUP)?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+    // A master that died between the fork and the line above sent no signal: an orphan
+    // stops here rather than serve (and hold the sockets) forever.
+    if nix::unistd::getppid() != master {
+        tracing::warn!("worker {id}: the master is gone: exiting");
+        return Ok(());
+    }
     sys::install_wake_handler()?;
     let report = Arc::new(std::sync::Mutex::new(report));
     let send = {

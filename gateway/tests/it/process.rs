@@ -614,3 +614,60 @@ fn nix_is_root() -> bool {
         .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
         .unwrap_or(false)
 }
+
+/// Processes whose command line holds `needle`.
+fn processes_with(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(needle)
+            })
+        })
+        .collect()
+}
+
+/// The master killed with SIGKILL while workers are being recycled (one request each):
+/// no worker outlives it, not even one forked a moment before.
+#[test]
+fn no_worker_outlives_a_killed_master() {
+    for round in 0..3 {
+        let dir = testkit::temp_dir();
+        let addr = local();
+        let mut gw = start(
+            dir.path(),
+            addr,
+            &["--processes", "2", "--max-requests", "1"],
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = get(addr, "/");
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300 + 100 * round));
+        gw.signal("KILL");
+        gw.wait_exit(Duration::from_secs(5));
+        stop.store(true, Ordering::Relaxed);
+        load.join().unwrap();
+        let needle = format!("--http {addr} ");
+        let started = Instant::now();
+        while !processes_with(&needle).is_empty() && started.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let left = processes_with(&needle);
+        for pid in &left {
+            testkit::signal(*pid, "KILL");
+        }
+        assert!(
+            left.is_empty(),
+            "round {round}: workers left behind: {left:?}"
+        );
+    }
+}
