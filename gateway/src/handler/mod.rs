@@ -4,4 +4,4 @@ pub mod body;
 pub mod static_files;
 
 pub use body::Body;
-pub use static_files::{StaticFiles, StaticMap, serve_file};
+pub use static_files::{FileMiss, StaticFiles, StaticMap, serve_file, try_serve_file};

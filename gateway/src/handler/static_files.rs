@@ -14,6 +14,7 @@ use super::Body;
 enum Opened {
     File(std::fs::File, std::fs::Metadata),
     Missing,
+    Directory,
     /// A symlink (or `..`) leads out of the root: the path it leads to, when known.
     Outside(PathBuf),
 }
@@ -25,6 +26,7 @@ fn open_beneath(root: &std::path::Path, file: &std::path::Path) -> Opened {
     use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
     let regular = |f: std::fs::File| match f.metadata() {
         Ok(m) if m.is_file() => Opened::File(f, m),
+        Ok(m) if m.is_dir() => Opened::Directory,
         _ => Opened::Missing,
     };
     if let Ok(rel) = file.strip_prefix(root) {
@@ -171,24 +173,30 @@ impl StaticFiles {
         })?;
         let rest = &path[map.prefix.len()..];
         let rest = rest.strip_prefix(b"/").unwrap_or(rest);
-        let mut file = map.root.join(std::ffi::OsStr::from_bytes(rest));
-        let mut meta = tokio::fs::metadata(&file).await.ok()?;
-        if meta.is_dir() {
-            file = file.join("index.html");
-            meta = tokio::fs::metadata(&file)
-                .await
-                .ok()
-                .filter(std::fs::Metadata::is_file)?;
+        let file = map.root.join(std::ffi::OsStr::from_bytes(rest));
+        match try_serve_file(method, headers, &file, &map.root, None).await {
+            Ok(r) => Some(r),
+            Err(FileMiss::Directory) => {
+                try_serve_file(method, headers, &file.join("index.html"), &map.root, None)
+                    .await
+                    .ok()
+            }
+            Err(FileMiss::Missing) => None,
         }
-        if !meta.is_file() {
-            return None;
-        }
-        Some(serve_file(method, headers, &file, &map.root, None).await)
     }
 }
 
 /// Files up to this size are read in one go with the lookup and sent from memory.
 const SMALL_FILE: u64 = 128 * 1024;
+
+/// Why [`try_serve_file`] served nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileMiss {
+    /// No such file (or not one that can be read).
+    Missing,
+    /// A directory.
+    Directory,
+}
 
 /// Answers a request for `file` (which must lie inside `root`, symlinks resolved): 403 if
 /// it leads out, 405 for methods other than GET and HEAD, else the file with its MIME type,
@@ -202,6 +210,20 @@ pub async fn serve_file(
     root: &std::path::Path,
     content_type: Option<&str>,
 ) -> Response<Body> {
+    try_serve_file(method, headers, file, root, content_type)
+        .await
+        .unwrap_or_else(|_| plain(StatusCode::NOT_FOUND))
+}
+
+/// [`serve_file`], saying why nothing was served for a missing file or a directory (for
+/// a caller with its own 404 page or a redirect to `dir/`).
+pub async fn try_serve_file(
+    method: &Method,
+    headers: &HeaderMap,
+    file: &std::path::Path,
+    root: &std::path::Path,
+    content_type: Option<&str>,
+) -> Result<Response<Body>, FileMiss> {
     // Opened, checked and (when small) read right here, as nginx does: on a local file
     // system these are page-cache operations of a few µs, cheaper than a trip to a
     // blocking thread. Larger files are read in blocks off the async threads.
@@ -214,7 +236,8 @@ pub async fn serve_file(
         .iter()
         .any(|h| headers.contains_key(h));
     let (meta, real, opened_file, small) = match open_beneath(root, file) {
-        Opened::Missing => return plain(StatusCode::NOT_FOUND),
+        Opened::Missing => return Err(FileMiss::Missing),
+        Opened::Directory => return Err(FileMiss::Directory),
         Opened::Outside(real) => {
             // No way out of the root through symlinks.
             tracing::warn!(
@@ -222,14 +245,14 @@ pub async fn serve_file(
                 real.display(),
                 root.display()
             );
-            return plain(StatusCode::FORBIDDEN);
+            return Ok(plain(StatusCode::FORBIDDEN));
         }
         Opened::File(mut f, meta) => {
             let small = if plain_get && meta.len() <= SMALL_FILE {
                 use std::io::Read;
                 let mut buf = Vec::with_capacity(meta.len() as usize);
                 if f.read_to_end(&mut buf).is_err() {
-                    return plain(StatusCode::NOT_FOUND);
+                    return Err(FileMiss::Missing);
                 }
                 Some(bytes::Bytes::from(buf))
             } else {
@@ -242,7 +265,7 @@ pub async fn serve_file(
         let mut r = plain(StatusCode::METHOD_NOT_ALLOWED);
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
+        return Ok(r);
     }
     let size = meta.len();
     let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
@@ -289,7 +312,7 @@ pub async fn serve_file(
         common.remove(header::CONTENT_TYPE);
         common.remove(header::ACCEPT_RANGES);
         *r.headers_mut() = common;
-        return r;
+        return Ok(r);
     }
     let if_range_ok = headers
         .get(header::IF_RANGE)
@@ -309,7 +332,7 @@ pub async fn serve_file(
                 HeaderValue::from_str(&format!("bytes */{size}"))
                     .unwrap_or(HeaderValue::from_static("")),
             );
-            return r;
+            return Ok(r);
         }
         None => (StatusCode::OK, 0, size),
     };
@@ -331,7 +354,7 @@ pub async fn serve_file(
         );
     }
     *r.headers_mut() = common;
-    r
+    Ok(r)
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ use http::{HeaderValue, StatusCode, header};
 pub use vars::RequestVars;
 
 use crate::config::nginx::{Directive, NginxError};
-use crate::handler::{Body, serve_file};
+use crate::handler::Body;
 use crate::listen::ListenAddr;
 use crate::pass::{ConnInfo, Pass, Protocol, Timeouts};
 use crate::upstream::{Policy, ServerSpec, Upstream, parse_duration};
@@ -1419,20 +1419,21 @@ impl Site {
         base: &std::path::Path,
         settings: &Settings,
     ) -> http::Response<Body> {
+        use crate::handler::static_files::{FileMiss, try_serve_file};
         if uri.ends_with('/') {
             for index in &settings.index {
                 let candidate = file.join(index);
-                if tokio::fs::metadata(&candidate)
+                let mime = settings.mime_for(&candidate);
+                match try_serve_file(req.method(), req.headers(), &candidate, base, Some(mime))
                     .await
-                    .is_ok_and(|m| m.is_file())
                 {
-                    let mime = settings.mime_for(&candidate);
-                    let mut r =
-                        serve_file(req.method(), req.headers(), &candidate, base, Some(mime)).await;
-                    // nginx's index is an internal redirect: $uri names the file.
-                    r.extensions_mut()
-                        .insert(crate::access::Uri(format!("{uri}{index}")));
-                    return r;
+                    Ok(mut r) => {
+                        // nginx's index is an internal redirect: $uri names the file.
+                        r.extensions_mut()
+                            .insert(crate::access::Uri(format!("{uri}{index}")));
+                        return r;
+                    }
+                    Err(FileMiss::Directory | FileMiss::Missing) => {}
                 }
             }
             return if std::fs::metadata(file).is_ok_and(|m| m.is_dir()) {
@@ -1441,9 +1442,11 @@ impl Site {
                 error_page(StatusCode::NOT_FOUND)
             };
         }
-        // A stat of a local file is a few µs: done inline (nginx does the same).
-        match std::fs::metadata(file) {
-            Ok(m) if m.is_dir() => {
+        // Opened, checked and read inline (nginx does the same on a local file system).
+        let mime = settings.mime_for(file);
+        match try_serve_file(req.method(), req.headers(), file, base, Some(mime)).await {
+            Ok(r) => r,
+            Err(FileMiss::Directory) => {
                 let host = req
                     .headers()
                     .get(header::HOST)
@@ -1455,11 +1458,7 @@ impl Site {
                 }
                 r
             }
-            Ok(_) => {
-                let mime = settings.mime_for(file);
-                serve_file(req.method(), req.headers(), file, base, Some(mime)).await
-            }
-            Err(_) => error_page(StatusCode::NOT_FOUND),
+            Err(FileMiss::Missing) => error_page(StatusCode::NOT_FOUND),
         }
     }
 }
