@@ -801,7 +801,7 @@ impl Pass {
         // answer needs no reading task.
         let mut ended = false;
         while length.is_none_or(|n| (buf.len() as u64) < n) && buf.len() < 256 * 1024 {
-            buf.reserve(64 * 1024);
+            buf.reserve(8 * 1024);
             match futures_util::FutureExt::now_or_never(s.read_buf(&mut buf)) {
                 Some(Ok(0)) => {
                     ended = true;
