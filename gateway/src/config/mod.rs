@@ -172,8 +172,53 @@ where
             out.push(arg);
         }
     }
-    let opts = Options::try_parse_from(out).map_err(|e| ConfigError::Args(e.to_string()))?;
+    let mut opts = Options::try_parse_from(out).map_err(|e| ConfigError::Args(e.to_string()))?;
+    nginx_main(&mut opts, &mut warnings);
     Ok((opts, warnings))
+}
+
+/// An nginx.conf's main context, for what the command line did not say: `worker_processes`
+/// (`--processes`; `auto` is one per core), `pid` (`--pidfile`), `user USER [GROUP]`
+/// (`--uid`/`--gid`) and `error_log FILE` (`--logto`; `stderr` keeps the log there).
+/// A file that cannot be read is reported later, with the rest of the site.
+fn nginx_main(o: &mut Options, warnings: &mut Vec<String>) {
+    let Some(path) = &o.nginx_conf else { return };
+    let Ok(tree) = nginx::load(path, None) else {
+        return;
+    };
+    for d in &tree {
+        let arg = d.args.first().map(String::as_str);
+        match (d.name.as_str(), arg) {
+            ("worker_processes", Some(n)) if o.processes.is_none() => {
+                let n = match n {
+                    "auto" => std::thread::available_parallelism().map_or(1, usize::from),
+                    n => match n.parse() {
+                        Ok(n) => n,
+                        Err(_) => {
+                            warnings.push(format!("{}: invalid worker_processes \"{n}\"", d.at()));
+                            continue;
+                        }
+                    },
+                };
+                o.processes = Some(n);
+            }
+            ("pid", Some(p)) if o.pidfile.is_none() && p != "off" => o.pidfile = Some(p.into()),
+            ("user", Some(u)) if o.uid.is_none() => {
+                o.uid = Some(u.to_owned());
+                if o.gid.is_none() {
+                    o.gid = Some(d.args.get(1).cloned().unwrap_or_else(|| u.to_owned()));
+                }
+            }
+            ("error_log", Some(f))
+                if o.logto.is_none()
+                    && !matches!(f, "stderr" | "/dev/stderr")
+                    && !f.starts_with("syslog:") =>
+            {
+                o.logto = Some(f.into());
+            }
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -591,8 +591,10 @@ impl Master<'_> {
                                 tracing::info!(
                                     "WSGI app ready: {workers} worker(s) and a front serving"
                                 );
-                            } else {
+                            } else if crate::server::needs_app(self.o) {
                                 tracing::info!("WSGI app ready: {workers} worker(s) serving");
+                            } else {
+                                tracing::info!("ready: {workers} worker(s) serving");
                             }
                         }
                     }

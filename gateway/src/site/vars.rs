@@ -71,6 +71,7 @@ impl RequestVars<'_> {
             "content_type" => header("content-type"),
             "content_length" => header("content-length"),
             "document_root" => self.document_root.to_owned(),
+            "pid" => std::process::id().to_string(),
             "proxy_add_x_forwarded_for" => {
                 let ip = self.peer.map(|p| p.ip().to_string()).unwrap_or_default();
                 match header("x-forwarded-for") {

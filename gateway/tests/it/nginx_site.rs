@@ -632,3 +632,65 @@ fn fastcgi_keep_conn_with_keepalive_reuses_connections_to_flup() {
     }
     assert!(!gw.log().contains("ERROR"), "{}", gw.log());
 }
+
+/// A whole nginx.conf: the main context's `worker_processes`, `pid` and `error_log` are
+/// the gateway's processes, pid file and log; `events {}` is accepted.
+#[test]
+fn a_whole_nginx_conf_sets_processes_pid_file_and_log() {
+    let dir = testkit::temp_dir();
+    let d = dir.path();
+    let addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    let (pid, log) = (d.join("run/nginx.pid"), d.join("error.log"));
+    std::fs::create_dir(d.join("run")).unwrap();
+    std::fs::write(
+        d.join("nginx.conf"),
+        format!(
+            "worker_processes 2;\npid {};\nerror_log {} info;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  include mime.types;\n  sendfile on;\n  keepalive_timeout 65;\n\
+             \x20 server {{ listen {addr}; location = /who {{ return 200 \"$pid\"; }} }}\n}}\n",
+            pid.display(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(["--nginx-conf", "nginx.conf"]).current_dir(d);
+    let mut gw = Peer::spawn("gateway", cmd, Some(&d.join("out.log")));
+    gw.wait_tcp(addr, Duration::from_secs(20));
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("ready: 2 worker(s)")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let master: u32 = std::fs::read_to_string(&pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(master, gw.pid(), "the pid file names the master");
+    // Two worker processes answer (each its own pid), neither is the master.
+    let mut pids = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let r = exchange(
+            addr,
+            b"GET /who HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(r.status, 200);
+        pids.insert(r.text());
+        if pids.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    assert!(!pids.contains(&master.to_string()));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("worker_processes\" is not used"), "{text}");
+}
