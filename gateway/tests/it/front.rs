@@ -889,3 +889,34 @@ fn the_front_refuses_smuggling_oversized_heads_and_traversal() {
     // "/static/../secret.txt" normalizes to /secret.txt, which the backend answers.
     assert!(!gw.log().contains("/smuggled"), "{}", gw.log());
 }
+
+/// The same front written in a `[uwsgi]` ini, as a small setup would: `http`, two
+/// `http-to` backends and a `static-map`.
+#[test]
+fn a_front_described_in_an_ini_file() {
+    let dir = testkit::temp_dir();
+    let d = dir.path();
+    std::fs::write(d.join("backend.py"), BACKEND_APP).unwrap();
+    std::fs::create_dir(d.join("static")).unwrap();
+    std::fs::write(d.join("static/app.js"), "console.log(1)").unwrap();
+    let (_b1, a1) = uwsgi(d, "b1");
+    let (_b2, a2) = uwsgi(d, "b2");
+    let addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    std::fs::write(
+        d.join("front.ini"),
+        format!(
+            "[uwsgi]\nbase = {}\nhttp = {addr}\nhttp-to = {a1}\nhttp-to = {a2}\nstatic-map = /static=%(base)/static\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(["--ini", "front.ini"]).current_dir(d);
+    let mut gw = Peer::spawn("gateway", cmd, Some(&d.join("front.log")));
+    gw.wait_tcp(addr, Duration::from_secs(20));
+    let r = get(addr, "/static/app.js");
+    assert_eq!((r.status, r.text().as_str()), (200, "console.log(1)"));
+    assert_eq!(r.header("content-type"), Some("text/javascript"));
+    let who = answered_by(addr, "/page", 4);
+    assert_eq!(who, ["b1", "b2", "b1", "b2"], "{}", gw.log());
+}
