@@ -677,6 +677,36 @@ pub fn from_options(o: &crate::config::Options) -> anyhow::Result<Vec<AccessLog>
     }])
 }
 
+/// For the fuzzer: parses `data` as both syntaxes and renders the formats that parse
+/// with a sample record, checking that text without variables comes out as written.
+///
+/// # Panics
+/// When that does not hold (a bug).
+pub fn fuzz_format(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut r = Record::new("GET", "/a?b=c", "HTTP/1.1");
+    r.remote = Some(IpAddr::from([127, 0, 0, 1]));
+    r.headers.insert(
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static("fuzz"),
+    );
+    if let Ok(f) = Format::nginx(text) {
+        let _ = f.render(&r);
+    }
+    if let Ok(f) = Format::uwsgi(text) {
+        let _ = f.render(&r);
+    }
+    let plain = text.replace(['$', '%'], "");
+    let rendered = Format::nginx(&plain).map(|f| f.render(&r));
+    assert_eq!(
+        rendered.as_deref(),
+        Ok(plain.as_str()),
+        "plain text renders as written"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
