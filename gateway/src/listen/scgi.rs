@@ -19,7 +19,7 @@ pub async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut reader, mut writer) = tokio::io::split(io);
+    let (mut reader, mut writer) = super::respond::SocketWriter::split(io);
     let mut decoder = ScgiDecoder::new(ScgiLimits {
         max_header,
         max_body,

@@ -71,7 +71,7 @@ pub async fn serve_connection<S>(
         .map_or_else(|| b"HTTP/1.0".to_vec(), <[u8]>::to_vec);
 
     // The body streams from the connection into wsgi.input.
-    let (mut reader, mut writer) = tokio::io::split(io);
+    let (mut reader, mut writer) = super::respond::SocketWriter::split(io);
     let body = if head.content_length() > 0 {
         let (tx, rx) = RequestBody::channel(4);
         tokio::spawn(async move {

@@ -915,3 +915,50 @@ fn an_unknown_logformat_variable_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// `wsgi.file_wrapper` on a real file behind nginx's `uwsgi_pass` (unix socket and TCP):
+/// the file goes out with `sendfile`, whole, byte for byte, with the app's headers.
+#[test]
+fn file_wrapper_through_nginx_uwsgi_pass() {
+    let dir = testkit::temp_dir();
+    let d = dir.path();
+    let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(d.join("big.bin"), &data).unwrap();
+    std::fs::write(
+        d.join("app.py"),
+        r#"
+import os
+def application(environ, start_response):
+    path = os.path.join(os.path.dirname(__file__), "big.bin")
+    f = open(path, "rb")
+    start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                              ("Content-Length", str(os.path.getsize(path)))])
+    return environ["wsgi.file_wrapper"](f, 65536)
+"#,
+    )
+    .unwrap();
+    let (t, st) = addr();
+    let gw = gateway(
+        d,
+        &[
+            "--socket",
+            "app.sock",
+            "--socket",
+            &t,
+            "--wsgi-file",
+            "app.py",
+        ],
+        Some(st),
+    );
+    wait_ready(&gw);
+    for upstream in [format!("unix:{}", d.join("app.sock").display()), t] {
+        let (_nginx, front) = nginx_uwsgi(d, &upstream);
+        let r = exchange(
+            front,
+            b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(r.status, 200, "{upstream}: {}", gw.log());
+        assert_eq!(r.header("content-length"), Some("5000000"));
+        assert!(r.body == data, "{upstream}: the file arrives whole");
+    }
+}
