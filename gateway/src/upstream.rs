@@ -805,7 +805,52 @@ mod tests {
         assert!(moved_plain > keys.len() / 2, "{moved_plain}");
     }
 
+    #[test]
+    fn resolver_and_check_arguments() {
+        let args = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        let r = Resolver::parse(&args("127.0.0.1:5353 [::1] 10.0.0.2 valid=2s ipv6=off")).unwrap();
+        assert_eq!(
+            r.servers,
+            [
+                "127.0.0.1:5353".parse().unwrap(),
+                "[::1]:53".parse().unwrap(),
+                "10.0.0.2:53".parse().unwrap()
+            ]
+        );
+        assert_eq!((r.valid, r.ipv6), (Some(Duration::from_secs(2)), false));
+        assert!(Resolver::parse(&args("valid=2s")).is_err(), "no server");
+        assert!(
+            Resolver::parse(&args("dns.example")).is_err(),
+            "names are not addresses"
+        );
+        let c = HealthCheck::parse(&args("interval=3000 rise=2 fall=5 timeout=1000 type=http"))
+            .unwrap();
+        assert_eq!(
+            (c.interval, c.rise, c.fall, c.timeout),
+            (Duration::from_secs(3), 2, 5, Duration::from_secs(1))
+        );
+        assert!(matches!(c.kind, CheckKind::Http { .. }));
+        assert!(HealthCheck::parse(&args("type=mysql")).is_err());
+        assert!(HealthCheck::parse(&args("interval=0")).is_err());
+        assert!(HealthCheck::parse(&args("rise=x")).is_err());
+        let s = ServerSpec::parse("backend.svc.cluster.local:8001 weight=2 resolve").unwrap();
+        assert_eq!(s.resolve, Some(("backend.svc.cluster.local".into(), 8001)));
+        assert_eq!(s.weight, 2);
+        assert!(
+            ServerSpec::parse("backend resolve").is_err(),
+            "a port is needed"
+        );
+    }
+
     proptest! {
+        /// `resolver`, `check` and `server` arguments: any words give a value or an error.
+        #[test]
+        fn directive_arguments_never_panic(words in proptest::collection::vec("[a-z0-9_=:.\\[\\]-]{0,12}", 0..6)) {
+            let _ = Resolver::parse(&words);
+            let _ = HealthCheck::parse(&words);
+            let _ = ServerSpec::parse(&words.join(" "));
+        }
+
         /// Over a whole cycle, smooth round robin gives each server exactly its weight.
         #[test]
         fn round_robin_honours_weights(weights in proptest::collection::vec(1u32..6, 1..6)) {
