@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs, idempotently, every outside program the test suite talks to:
-# Debian's nginx and cgi-fcgi, wrk, and the Python peers from PyPI (uWSGI,
+# Debian's nginx, cgi-fcgi, dnsmasq, wrk and chromium, and the Python peers from PyPI (uWSGI,
 # gunicorn, granian, flup, Django, Flask), plus cargo-fuzz for the fuzz smoke run.
 # Safe to run again: each step is skipped when its program is already there.
 set -euo pipefail

@@ -117,6 +117,7 @@ impl Var {
             "uagent" => Self::Header(http::header::USER_AGENT),
             "pid" => Self::Pid,
             "wid" => Self::Worker,
+            "reqs" => Self::Requests,
             "cl" => Self::Header(http::header::CONTENT_LENGTH),
             "tmsecs" => Self::Msec,
             _ => match name.strip_prefix("var.")? {
@@ -219,12 +220,8 @@ impl Format {
                 .find(')')
                 .ok_or_else(|| FormatError::Unclosed(template.to_owned()))?;
             let name = &after[..end];
-            let var = match name {
-                "reqs" => Var::Requests,
-                _ => {
-                    Var::uwsgi(name).ok_or_else(|| FormatError::UnknownVariable(name.to_owned()))?
-                }
-            };
+            let var =
+                Var::uwsgi(name).ok_or_else(|| FormatError::UnknownVariable(name.to_owned()))?;
             flush(&mut parts, &mut text);
             parts.push(Part::Var(var));
             rest = &after[end + 1..];
@@ -421,11 +418,10 @@ impl Record {
                     .and_then(|h| h.to_str().ok())
                     .unwrap_or_default();
                 // Without the port, lower-case, as nginx's $host.
-                let host = match host.strip_prefix('[') {
-                    Some(v6) => v6.split(']').next().map_or(host, |a| &host[..a.len() + 2]),
-                    None => host.split(':').next().unwrap_or_default(),
-                };
-                dash(&host.to_ascii_lowercase(), out);
+                dash(
+                    &crate::site::vars::without_port(host).to_ascii_lowercase(),
+                    out,
+                );
                 Ok(())
             }
             Var::Header(name) => {

@@ -17,15 +17,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let mut filter = tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
+    // uWSGI's --disable-logging installs no access log (`access::from_options`); errors
+    // are still logged.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if options.disable_logging {
-        // uWSGI's --disable-logging: no request log (errors are still logged).
-        match "access=off".parse() {
-            Ok(d) => filter = filter.add_directive(d),
-            Err(e) => eprintln!("{e}"),
-        }
-    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);

@@ -96,69 +96,18 @@ pub struct Pass {
 }
 
 /// A connection to a backend.
-#[derive(Debug)]
-enum BackendConn {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
+type BackendConn = tokio_util::either::Either<tokio::net::TcpStream, tokio::net::UnixStream>;
 
-impl BackendConn {
-    /// Whether an idle connection can take a request: not closed by the backend, nothing
-    /// unexpected waiting to be read.
-    fn usable(&self) -> bool {
-        let mut probe = [0u8; 1];
-        let r = match self {
-            Self::Tcp(s) => s.try_read(&mut probe),
-            Self::Unix(s) => s.try_read(&mut probe),
-        };
-        matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-    }
-}
-
-impl AsyncRead for BackendConn {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Self::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for BackendConn {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Self::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Self::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Self::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Self::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-        }
-    }
+/// Whether an idle connection can take a request: not closed by the backend, nothing
+/// unexpected waiting to be read.
+fn usable(c: &BackendConn) -> bool {
+    use tokio_util::either::Either;
+    let mut probe = [0u8; 1];
+    let r = match c {
+        Either::Left(s) => s.try_read(&mut probe),
+        Either::Right(s) => s.try_read(&mut probe),
+    };
+    matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// Idle keep-alive connections, newest last, as nginx's `keepalive` cache.
@@ -184,7 +133,7 @@ impl Idle {
         conns.retain(|(_, _, since)| since.elapsed() < IDLE_TIMEOUT);
         while let Some(i) = conns.iter().rposition(|(a, _, _)| a == addr) {
             let (_, c, _) = conns.remove(i);
-            if c.usable() {
+            if usable(&c) {
                 return Some(c);
             }
         }
@@ -616,9 +565,11 @@ impl Pass {
                 ListenAddr::Tcp(a) => {
                     let s = tokio::net::TcpStream::connect(a).await?;
                     let _ = s.set_nodelay(true);
-                    BackendConn::Tcp(s)
+                    tokio_util::either::Either::Left(s)
                 }
-                ListenAddr::Unix(p) => BackendConn::Unix(tokio::net::UnixStream::connect(p).await?),
+                ListenAddr::Unix(p) => {
+                    tokio_util::either::Either::Right(tokio::net::UnixStream::connect(p).await?)
+                }
             })
         };
         match tokio::time::timeout(self.timeouts.connect, connect).await {

@@ -146,10 +146,7 @@ impl Proxy {
             .headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .map(|h| match h.rfind(':') {
-                Some(i) if !h[i..].contains(']') => &h[..i],
-                _ => h,
-            })
+            .map(crate::site::vars::without_port)
             .unwrap_or("")
             .to_owned();
         let client_ip = conn.peer.map(|p| p.ip().to_string()).unwrap_or_default();

@@ -235,7 +235,7 @@ pub async fn try_serve_file(
         ]
         .iter()
         .any(|h| headers.contains_key(h));
-    let (meta, real, opened_file, small) = match open_beneath(root, file) {
+    let (meta, opened_file, small) = match open_beneath(root, file) {
         Opened::Missing => return Err(FileMiss::Missing),
         Opened::Directory => return Err(FileMiss::Directory),
         Opened::Outside(real) => {
@@ -258,7 +258,7 @@ pub async fn try_serve_file(
             } else {
                 None
             };
-            (meta, file.to_path_buf(), f, small)
+            (meta, f, small)
         }
     };
     if method != Method::GET && method != Method::HEAD {
@@ -273,7 +273,7 @@ pub async fn try_serve_file(
     let etag = format!("\"{secs:x}-{size:x}\"");
     let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(secs));
     let mut common = HeaderMap::new();
-    let guessed = mime_guess::from_path(&real).first_or_octet_stream();
+    let guessed = mime_guess::from_path(file).first_or_octet_stream();
     common.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_str(content_type.unwrap_or(guessed.as_ref()))

@@ -27,7 +27,7 @@
 //! # Ok::<(), gateway::config::nginx::NginxError>(())
 //! ```
 
-mod vars;
+pub(crate) mod vars;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -300,6 +300,15 @@ fn parse_size(v: &str) -> Option<u64> {
     n.parse::<u64>().ok().map(|n| n * mult)
 }
 
+/// A flag directive's `on` or `off`.
+fn on_off(d: &Directive) -> Result<bool, NginxError> {
+    match one_arg(d)? {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(err(d, "invalid value, it must be \"on\" or \"off\"")),
+    }
+}
+
 fn one_arg(d: &Directive) -> Result<&str, NginxError> {
     match d.args.as_slice() {
         [a] => Ok(a),
@@ -421,18 +430,14 @@ struct Reader<'a> {
 impl Reader<'_> {
     /// `log_format NAME STRING...;` (the strings are joined, as nginx does).
     fn log_format(&mut self, d: &Directive) -> Result<(), NginxError> {
-        let [name, parts @ ..] = d.args.as_slice() else {
+        // A name and at least one string.
+        let [name, _, ..] = d.args.as_slice() else {
             return Err(err(
                 d,
                 "invalid number of arguments in \"log_format\" directive",
             ));
         };
-        if parts.is_empty() {
-            return Err(err(
-                d,
-                "invalid number of arguments in \"log_format\" directive",
-            ));
-        }
+        let parts = &d.args[1..];
         if self.formats.contains_key(name) {
             return Err(err(d, format!("duplicate \"log_format\" name \"{name}\"")));
         }
@@ -775,19 +780,11 @@ impl Reader<'_> {
                         parse_duration(one_arg(x)?).ok_or_else(|| err(x, "invalid value"))?;
                 }
                 "proxy_buffering" | "uwsgi_buffering" | "scgi_buffering" | "fastcgi_buffering" => {
-                    match one_arg(x)? {
-                        "on" => {}
-                        "off" => buffering = crate::spool::Buffering::off(),
-                        _ => return Err(err(x, "invalid value, it must be \"on\" or \"off\"")),
+                    if !on_off(x)? {
+                        buffering = crate::spool::Buffering::off();
                     }
                 }
-                "fastcgi_keep_conn" => {
-                    keep_conn = match one_arg(x)? {
-                        "on" => true,
-                        "off" => false,
-                        _ => return Err(err(x, "invalid value, it must be \"on\" or \"off\"")),
-                    };
-                }
+                "fastcgi_keep_conn" => keep_conn = on_off(x)?,
                 "proxy_max_temp_file_size"
                 | "uwsgi_max_temp_file_size"
                 | "scgi_max_temp_file_size"
@@ -1241,10 +1238,7 @@ impl Site {
             .headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .map(|h| match h.rfind(':') {
-                Some(i) if !h[i..].contains(']') => &h[..i],
-                _ => h,
-            });
+            .map(vars::without_port);
         let server = self.server(listen, host);
         picked.take(&server.base);
         let raw_path = req.uri().path().to_owned();

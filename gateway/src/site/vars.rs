@@ -49,11 +49,7 @@ impl RequestVars<'_> {
             "scheme" => self.scheme.to_owned(),
             "https" => if self.scheme == "https" { "on" } else { "" }.to_owned(),
             "host" => {
-                let h = header("host");
-                let h = match h.rfind(':') {
-                    Some(i) if !h[i..].contains(']') => h[..i].to_owned(),
-                    _ => h,
-                };
+                let h = without_port(&header("host")).to_owned();
                 if h.is_empty() {
                     self.server_name.to_owned()
                 } else {
@@ -149,5 +145,14 @@ impl RequestVars<'_> {
         }
         out.push_str(rest);
         out
+    }
+}
+
+/// A Host header without its port (`example.com:8080` → `example.com`, `[::1]:80` →
+/// `[::1]`), as nginx reads it for `$host` and server names.
+pub(crate) fn without_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
     }
 }
