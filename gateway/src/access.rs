@@ -563,7 +563,7 @@ pub struct Uri(pub String);
 
 /// The backend that answered, set on a response by the pass and proxy handlers.
 #[derive(Clone, Debug)]
-pub struct Upstream(pub String);
+pub struct Upstream(pub crate::listen::ListenAddr);
 
 static DEFAULT: OnceLock<Logs> = OnceLock::new();
 static WORKER: AtomicUsize = AtomicUsize::new(0);
@@ -630,7 +630,10 @@ pub fn attach(
         return http::Response::from_parts(head, body);
     }
     record.status = head.status.as_u16();
-    record.upstream = head.extensions.remove::<Upstream>().map(|u| u.0);
+    record.upstream = head
+        .extensions
+        .remove::<Upstream>()
+        .map(|u| u.0.to_string());
     if let Some(u) = head.extensions.remove::<Uri>() {
         record.uri = Some(u.0);
     }

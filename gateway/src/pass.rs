@@ -380,22 +380,7 @@ impl Pass {
                 return plain(http::StatusCode::BAD_REQUEST, "Bad Request\n");
             }
         };
-        let target = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned();
-        let mut head = RequestHead::new(
-            parts.method.as_str().to_owned(),
-            target,
-            version(parts.version),
-        );
-        for (name, value) in &parts.headers {
-            head.push_header(
-                name.as_str().to_owned(),
-                Bytes::copy_from_slice(value.as_bytes()),
-            );
-        }
+        let head = request_head(&parts);
         let flavor = match self.protocol {
             Protocol::Uwsgi => Flavor::Uwsgi,
             Protocol::Scgi => Flavor::Scgi,
@@ -424,7 +409,8 @@ impl Pass {
         for (k, v) in self.params.iter().chain(extra) {
             env.set(k.clone(), v.clone());
         }
-        let mut request = BytesMut::new();
+        // Room for the whole packet: the pairs, their framing and a record header or two.
+        let mut request = BytesMut::with_capacity(env.byte_len() + 8 * env.len() + 64);
         let encoded = match self.protocol {
             Protocol::Uwsgi => env
                 .encode_uwsgi(
@@ -482,7 +468,7 @@ impl Pass {
                     add_sticky_cookie(&self.upstream, pick.index, sticky.as_deref(), &mut response);
                     response
                         .extensions_mut()
-                        .insert(crate::access::Upstream(pick.addr.to_string()));
+                        .insert(crate::access::Upstream(pick.addr.clone()));
                     // The pick (least_conn's count) lasts until the body is read.
                     return response.map(|mut b| {
                         b.keep(pick);
@@ -650,7 +636,12 @@ impl Pass {
         request: &Bytes,
         body: &Spooled,
     ) -> Result<http::Response<PassBody>, TryError> {
-        let name = addr.to_string();
+        // The backend's name keys the kept-alive FastCGI connections (nothing else).
+        let name = if self.protocol == Protocol::FastCgi {
+            addr.to_string()
+        } else {
+            String::new()
+        };
         if let Some(c) = self.idle.as_ref().and_then(|idle| idle.take(&name)) {
             match self.exchange(c, name.clone(), request, body).await {
                 Err(TryError::Stale(e)) => {
@@ -965,6 +956,36 @@ impl http_body::Body for PassBody {
             http_body::SizeHint::with_exact,
         )
     }
+}
+
+/// The CGI layer's view of a request head: the target and the headers copied into one
+/// allocation (the `http` types do not hand out their bytes).
+fn request_head(parts: &http::request::Parts) -> RequestHead {
+    use bytes::BufMut;
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let size = target.len()
+        + parts
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len())
+            .sum::<usize>();
+    let mut arena = BytesMut::with_capacity(size);
+    let mut take = |b: &[u8]| {
+        arena.put_slice(b);
+        arena.split().freeze()
+    };
+    let method = match parts.method {
+        http::Method::GET => Bytes::from_static(b"GET"),
+        http::Method::POST => Bytes::from_static(b"POST"),
+        http::Method::HEAD => Bytes::from_static(b"HEAD"),
+        ref m => Bytes::copy_from_slice(m.as_str().as_bytes()),
+    };
+    let mut head = RequestHead::new(method, take(target.as_bytes()), version(parts.version));
+    for (name, value) in &parts.headers {
+        let name = take(name.as_str().as_bytes());
+        head.push_header(name, take(value.as_bytes()));
+    }
+    head
 }
 
 fn version(v: http::Version) -> &'static str {

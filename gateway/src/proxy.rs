@@ -251,7 +251,7 @@ impl Proxy {
                     });
                     let mut b = PassBody::channel(rx, length);
                     let index = pick.index;
-                    let upstream = crate::access::Upstream(pick.addr.to_string());
+                    let upstream = crate::access::Upstream(pick.addr.clone());
                     b.keep(pick);
                     let mut r = http::Response::from_parts(head, Body::Pass(b));
                     crate::pass::add_sticky_cookie(

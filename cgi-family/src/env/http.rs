@@ -1,5 +1,6 @@
 //! Building the env from an HTTP request head, the way nginx's stock params files do.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use base64::Engine;
@@ -110,10 +111,15 @@ impl RequestHead {
 
     /// The first value of header `name` (case-insensitive).
     pub fn header_value(&self, name: &str) -> Option<&[u8]> {
+        self.header_bytes(name).map(|v| &v[..])
+    }
+
+    /// The first value of header `name`, shared (no copy).
+    fn header_bytes(&self, name: &str) -> Option<&Bytes> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| &v[..])
+            .map(|(_, v)| v)
     }
 
     /// The raw request target.
@@ -230,30 +236,31 @@ impl EnvBuilder {
     /// Builds the env for `head`.
     pub fn build(&self, head: &RequestHead) -> Result<Env, PathError> {
         let (raw_path, query) = split_target(&head.target)?;
-        let uri = normalize_path(raw_path)?;
+        // An already normal path is a slice of the target (no copy).
+        let uri = match normalize_path(raw_path)? {
+            Cow::Borrowed(b) => head.target.slice_ref(b),
+            Cow::Owned(v) => Bytes::from(v),
+        };
         let (script, path_info) = self.split_mount(&uri);
         let flavor = self.flavor;
         let mut env = Env::with_capacity(24 + head.headers.len());
-        let mut put = |k: &'static str, v: Bytes| env.push(Bytes::from_static(k.as_bytes()), v);
+        // The values made here (numbers, addresses, HTTP_ names) share one allocation.
+        let names: usize = head.headers.iter().map(|(n, _)| 5 + n.len()).sum();
+        let mut arena = BytesMut::with_capacity(160 + names);
 
-        let content_type = head
-            .header_value("content-type")
-            .map(Bytes::copy_from_slice);
-        let content_length: Option<Bytes> = self
-            .content_length
-            .map(|n| Bytes::from(n.to_string()))
-            .or_else(|| {
-                head.header_value("content-length")
-                    .map(Bytes::copy_from_slice)
-            });
-        let (remote_addr, remote_port) = addr_parts(self.peer);
-        let (server_addr, server_port) = addr_parts(self.local);
+        let content_type = head.header_bytes("content-type").cloned();
+        let content_length: Option<Bytes> = match self.content_length {
+            Some(n) => Some(made(&mut arena, |a| put_decimal(a, n))),
+            None => head.header_bytes("content-length").cloned(),
+        };
+        let (remote_addr, remote_port) = addr_parts(&mut arena, self.peer);
+        let (server_addr, server_port) = addr_parts(&mut arena, self.local);
         let scheme = Bytes::from_static(if self.https { b"https" } else { b"http" });
-        let host = self.host(head);
+        let host = self.host(head, &mut arena);
+        let mut put = |k: &'static str, v: Bytes| env.push(Bytes::from_static(k.as_bytes()), v);
         let query = head.target.slice_ref(query);
         let request_uri = head.target.clone();
         let https = self.https.then(|| Bytes::from_static(b"on"));
-        let uri = Bytes::from(uri);
 
         match flavor {
             Flavor::Uwsgi => {
@@ -377,7 +384,7 @@ impl EnvBuilder {
         // An empty HTTP_* param suppresses the header and sends nothing (httpoxy fix).
         env.pairs
             .retain(|(k, v)| !(k.starts_with(b"HTTP_") && v.is_empty() && self.is_param(k)));
-        self.push_headers(&mut env, head);
+        self.push_headers(&mut env, head, &mut arena);
         Ok(env)
     }
 
@@ -385,37 +392,38 @@ impl EnvBuilder {
         self.params.iter().any(|(k, _)| &k[..] == name)
     }
 
-    fn split_mount(&self, uri: &[u8]) -> (Option<Bytes>, Bytes) {
+    fn split_mount(&self, uri: &Bytes) -> (Option<Bytes>, Bytes) {
         let m = &self.mount[..];
         if !m.is_empty() && uri.starts_with(m) && (uri.len() == m.len() || uri[m.len()] == b'/') {
-            return (
-                Some(self.mount.clone()),
-                Bytes::copy_from_slice(&uri[m.len()..]),
-            );
+            return (Some(self.mount.clone()), uri.slice(m.len()..));
         }
         let script =
             (!m.is_empty() || matches!(self.flavor, Flavor::Cgi | Flavor::Wsgi)).then(Bytes::new);
-        (script, Bytes::copy_from_slice(uri))
+        (script, uri.clone())
     }
 
     /// nginx's `$host`: the Host header lower-cased without its port (or the server name).
-    fn host(&self, head: &RequestHead) -> Bytes {
-        let Some(h) = head.header_value("host").filter(|h| !h.is_empty()) else {
+    fn host(&self, head: &RequestHead, arena: &mut BytesMut) -> Bytes {
+        let Some(h) = head.header_bytes("host").filter(|h| !h.is_empty()) else {
             return self.server_name.clone();
         };
-        let end = if h.first() == Some(&b'[') {
+        let mut end = if h.first() == Some(&b'[') {
             h.iter().position(|&b| b == b']').map_or(h.len(), |i| i + 1)
         } else {
             h.iter().position(|&b| b == b':').unwrap_or(h.len())
         };
-        let mut host = h[..end].to_ascii_lowercase();
-        if host.last() == Some(&b'.') {
-            host.pop();
+        if end > 0 && h[end - 1] == b'.' {
+            end -= 1;
         }
-        Bytes::from(host)
+        let host = &h[..end];
+        if host.iter().any(u8::is_ascii_uppercase) {
+            made(arena, |a| a.extend(host.iter().map(u8::to_ascii_lowercase)))
+        } else {
+            h.slice(..end)
+        }
     }
 
-    fn push_headers(&self, env: &mut Env, head: &RequestHead) {
+    fn push_headers(&self, env: &mut Env, head: &RequestHead, arena: &mut BytesMut) {
         let start = env.len();
         for (name, value) in &head.headers {
             if !valid_header_name(name, self.underscores_in_headers) {
@@ -426,12 +434,13 @@ impl EnvBuilder {
             {
                 continue; // already CONTENT_TYPE / CONTENT_LENGTH
             }
-            let mut var = BytesMut::with_capacity(5 + name.len());
-            var.put_slice(b"HTTP_");
-            var.extend(name.iter().map(|&b| match b {
-                b'-' => b'_',
-                b => b.to_ascii_uppercase(),
-            }));
+            let var = made(arena, |a| {
+                a.put_slice(b"HTTP_");
+                a.extend(name.iter().map(|&b| match b {
+                    b'-' => b'_',
+                    b => b.to_ascii_uppercase(),
+                }));
+            });
             let rfc = matches!(self.flavor, Flavor::Cgi | Flavor::Wsgi);
             if rfc
                 && (&var[..] == b"HTTP_PROXY"
@@ -463,7 +472,7 @@ impl EnvBuilder {
                 *joined = v.freeze();
                 continue;
             }
-            env.push(var.freeze(), value.clone());
+            env.push(var, value.clone());
         }
     }
 }
@@ -477,13 +486,49 @@ fn valid_header_name(name: &[u8], underscores: bool) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || (underscores && b == b'_'))
 }
 
-fn addr_parts(addr: Option<SocketAddr>) -> (Bytes, Bytes) {
-    addr.map_or_else(Default::default, |a| {
-        (
-            Bytes::from(a.ip().to_string()),
-            Bytes::from(a.port().to_string()),
-        )
-    })
+/// Bytes written by `f` at the end of `arena`, split off as their own value (sharing the
+/// arena's allocation while it has room).
+fn made(arena: &mut BytesMut, f: impl FnOnce(&mut BytesMut)) -> Bytes {
+    f(arena);
+    arena.split().freeze()
+}
+
+/// `n` in decimal (without the formatting machinery: this runs for every request).
+fn put_decimal(dst: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    dst.put_slice(&digits[i..]);
+}
+
+/// An address and a port, as text.
+fn addr_parts(arena: &mut BytesMut, addr: Option<SocketAddr>) -> (Bytes, Bytes) {
+    let Some(a) = addr else {
+        return Default::default();
+    };
+    let ip = made(arena, |dst| match a.ip() {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    dst.put_u8(b'.');
+                }
+                put_decimal(dst, u64::from(octet));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(dst, "{v6}");
+        }
+    });
+    let port = made(arena, |dst| put_decimal(dst, u64::from(a.port())));
+    (ip, port)
 }
 
 fn auth(head: &RequestHead) -> Option<(Bytes, Option<Bytes>)> {
@@ -537,8 +582,39 @@ fn split_target(target: &[u8]) -> Result<(&[u8], &[u8]), PathError> {
 /// use cgi_family::{normalize_path, PathError};
 /// assert_eq!(normalize_path(b"/static/a%20b//c/../d").unwrap(), b"/static/a b/d");
 /// assert_eq!(normalize_path(b"/static/%2e%2e/%2e%2e/etc/passwd"), Err(PathError::AboveRoot));
+/// // A path that is already normal is borrowed, not copied.
+/// assert!(matches!(normalize_path(b"/static/app.css"), Ok(std::borrow::Cow::Borrowed(_))));
 /// ```
-pub fn normalize_path(raw: &[u8]) -> Result<Vec<u8>, PathError> {
+pub fn normalize_path(raw: &[u8]) -> Result<Cow<'_, [u8]>, PathError> {
+    if already_normal(raw) {
+        Ok(Cow::Borrowed(raw))
+    } else {
+        rebuild_path(raw).map(Cow::Owned)
+    }
+}
+
+/// Whether `raw` is its own normal form: rooted, no escape, no NUL, no empty, `.` or `..`
+/// segment (but a trailing slash).
+fn already_normal(raw: &[u8]) -> bool {
+    let Some(rest) = raw.strip_prefix(b"/") else {
+        return false;
+    };
+    if rest.iter().any(|&b| b == b'%' || b == 0) {
+        return false;
+    }
+    let mut segments = rest.split(|&b| b == b'/').peekable();
+    while let Some(s) = segments.next() {
+        match s {
+            b"." | b".." => return false,
+            b"" if segments.peek().is_some() => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
+/// [`normalize_path`]'s general case: decode, then resolve segment by segment.
+fn rebuild_path(raw: &[u8]) -> Result<Vec<u8>, PathError> {
     let mut decoded = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {
@@ -605,6 +681,28 @@ mod tests {
         assert_eq!(n("/").unwrap(), "/");
     }
 
+    proptest::proptest! {
+        /// The borrowing fast path agrees with the general case on every input, and
+        /// borrows exactly when the path is already normal.
+        #[test]
+        fn fast_path_agrees(parts in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::strategy::Just(&b"/"[..]), proptest::strategy::Just(&b"."[..]),
+                proptest::strategy::Just(&b".."[..]), proptest::strategy::Just(&b"a"[..]),
+                proptest::strategy::Just(&b"%2e"[..]), proptest::strategy::Just(&b"\0"[..]),
+                proptest::strategy::Just(&b"b.c"[..]), proptest::strategy::Just(&b"%"[..]),
+            ], 0..10)) {
+            let raw: Vec<u8> = parts.concat();
+            let fast = normalize_path(&raw);
+            let slow = rebuild_path(&raw);
+            proptest::prop_assert_eq!(fast.as_deref().ok(), slow.as_deref().ok());
+            proptest::prop_assert_eq!(fast.as_ref().err(), slow.as_ref().err());
+            if let Ok(Cow::Borrowed(b)) = fast {
+                proptest::prop_assert_eq!(b, &raw[..]);
+            }
+        }
+    }
+
     #[test]
     fn targets_split() {
         assert_eq!(
@@ -623,15 +721,15 @@ mod tests {
     fn mount_matches_whole_segments() {
         let b = EnvBuilder::new(Flavor::Uwsgi).mount("/app/");
         assert_eq!(
-            b.split_mount(b"/app/x"),
+            b.split_mount(&Bytes::from_static(b"/app/x")),
             (Some(Bytes::from("/app")), Bytes::from("/x"))
         );
         assert_eq!(
-            b.split_mount(b"/app"),
+            b.split_mount(&Bytes::from_static(b"/app")),
             (Some(Bytes::from("/app")), Bytes::new())
         );
         assert_eq!(
-            b.split_mount(b"/apple"),
+            b.split_mount(&Bytes::from_static(b"/apple")),
             (Some(Bytes::new()), Bytes::from("/apple"))
         );
     }

@@ -54,6 +54,12 @@ impl Env {
         }
     }
 
+    /// The bytes of every name and value together (a packet holding this env is this
+    /// plus its framing: 4 bytes a pair for uwsgi, up to 8 for FastCGI, 2 for SCGI).
+    pub fn byte_len(&self) -> usize {
+        self.pairs.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+
     /// Appends a pair (even if the name is already present).
     pub fn push(&mut self, name: impl Into<Bytes>, value: impl Into<Bytes>) {
         self.pairs.push((into_bytes(name), into_bytes(value)));
@@ -67,6 +73,9 @@ impl Env {
         match self.position(&name) {
             Some(i) => {
                 self.pairs[i].1 = value;
+                if !self.pairs[i + 1..].iter().any(|(k, _)| k[..] == name[..]) {
+                    return; // the usual case: no later pair to remove
+                }
                 let mut seen = false;
                 self.pairs.retain(|(k, _)| {
                     if k[..] != name[..] {

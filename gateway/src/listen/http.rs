@@ -73,12 +73,9 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
-    fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
         if !self.first.0.swap(true, Ordering::SeqCst) {
             self.first.1.notify_one();
-        }
-        if let Some(peer) = self.peer {
-            req.extensions_mut().insert(peer);
         }
         let app = self.app.clone();
         let conn = crate::pass::ConnInfo {
@@ -87,6 +84,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
             https: self.https,
         };
         Box::pin(async move {
+            let mut req = req;
             // The request's facts for its access-log line (only when a line may be
             // written: by default, or to a site's own `access_log`).
             let logs = crate::access::default_logs();
@@ -116,11 +114,17 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
             } else {
                 match &app.backend {
                     Backend::Wsgi(wsgi) => {
+                        // The WSGI service reads REMOTE_ADDR from here.
+                        if let Some(peer) = conn.peer {
+                            req.extensions_mut().insert(peer);
+                        }
                         let mut svc = wsgi.clone();
                         let r = tower_service::Service::call(&mut svc, req).await?;
                         r.map(Body::Wsgi)
                     }
-                    Backend::Pass(pass) => pass.handle(req, &conn).await,
+                    // Boxed: the pass's future is large, and most requests take
+                    // another branch (this one's size would be copied for all).
+                    Backend::Pass(pass) => Box::pin(pass.handle(req, &conn)).await,
                     Backend::Site { site, listen } => site.handle(req, *listen, &conn).await,
                 }
             };

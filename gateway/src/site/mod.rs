@@ -65,9 +65,9 @@ struct Settings {
     try_files: Option<Vec<String>>,
     max_body: Option<u64>,
     charset: Option<String>,
-    ret: Option<(u16, Option<String>)>,
+    ret: Option<Return>,
     /// `default_type` (nginx's built-in default is `text/plain`).
-    default_type: String,
+    default_type: HeaderValue,
     /// `types {}`: extension to MIME type.
     types: Arc<HashMap<String, String>>,
     /// `access_log`: the logs of this level (`None`: the process's default logs).
@@ -76,16 +76,25 @@ struct Settings {
 
 /// What the server or location that answered says of the response.
 #[derive(Default)]
-struct Picked {
-    charset: Option<String>,
-    access: Option<crate::access::Logs>,
+struct Picked<'a> {
+    charset: Option<&'a str>,
+    access: Option<&'a crate::access::Logs>,
+    /// Whether `uri` is wanted (an access log may write `$uri`).
+    logging: bool,
     uri: Option<String>,
 }
 
-impl Picked {
-    fn take(&mut self, s: &Settings) {
-        self.charset.clone_from(&s.charset);
-        self.access.clone_from(&s.access);
+impl<'a> Picked<'a> {
+    fn take(&mut self, s: &'a Settings) {
+        self.charset = s.charset.as_deref();
+        self.access = s.access.as_ref();
+    }
+
+    /// Remembers the URI that answers, for the access log.
+    fn uri(&mut self, uri: &str) {
+        if self.logging {
+            self.uri = Some(uri.to_owned());
+        }
     }
 }
 
@@ -114,9 +123,18 @@ fn stock_types() -> HashMap<String, String> {
 impl Settings {
     /// The MIME type for a file, from `types`, else `default_type`.
     fn mime_for(&self, file: &std::path::Path) -> &str {
-        file.extension()
-            .and_then(|e| self.types.get(&e.to_string_lossy().to_ascii_lowercase()))
-            .map_or(self.default_type.as_str(), String::as_str)
+        let found = file.extension().and_then(|e| {
+            let e = e.to_string_lossy();
+            if e.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.types.get(&e.to_ascii_lowercase())
+            } else {
+                self.types.get(e.as_ref())
+            }
+        });
+        found.map_or_else(
+            || self.default_type.to_str().unwrap_or("text/plain"),
+            String::as_str,
+        )
     }
 }
 
@@ -129,11 +147,34 @@ impl Default for Settings {
             max_body: Some(1 << 20),
             charset: None,
             ret: None,
-            default_type: "text/plain".into(),
+            default_type: HeaderValue::from_static("text/plain"),
             types: Arc::new(HashMap::new()),
             access: None,
         }
     }
+}
+
+/// nginx's `return code [text|URL]`.
+#[derive(Debug, Clone)]
+struct Return {
+    code: u16,
+    arg: Option<String>,
+    /// The text when it holds no variable (sent without a copy).
+    fixed: Option<Bytes>,
+}
+
+/// A `*_param` line of a pass, ready for requests.
+#[derive(Debug, Clone)]
+struct PassParam {
+    name: Bytes,
+    value: ParamValue,
+}
+
+/// A param's value: fixed when it names no variable of the request.
+#[derive(Debug, Clone)]
+enum ParamValue {
+    Fixed(Bytes),
+    Template(String),
 }
 
 /// A location's own `*_param NAME VALUE` lines (values with nginx variables).
@@ -145,7 +186,7 @@ struct Location {
     matcher: Matcher,
     settings: Settings,
     alias: Option<PathBuf>,
-    pass: Option<(Arc<Pass>, Params)>,
+    pass: Option<(Arc<Pass>, Vec<PassParam>)>,
     /// `proxy_pass` and the location's `proxy_set_header` lines.
     proxy: Option<(Arc<crate::proxy::Proxy>, Params)>,
 }
@@ -337,7 +378,10 @@ fn setting(d: &Directive, s: &mut Settings) -> Result<bool, NginxError> {
             let n = parse_size(one_arg(d)?).ok_or_else(|| err(d, "invalid value"))?;
             s.max_body = (n > 0).then_some(n);
         }
-        "default_type" => s.default_type = one_arg(d)?.to_owned(),
+        "default_type" => {
+            s.default_type =
+                HeaderValue::from_str(one_arg(d)?).map_err(|_| err(d, "invalid value"))?;
+        }
         "charset" => {
             let c = one_arg(d)?;
             s.charset = (c != "off").then(|| c.to_owned());
@@ -348,12 +392,17 @@ fn setting(d: &Directive, s: &mut Settings) -> Result<bool, NginxError> {
                 .first()
                 .and_then(|c| c.parse::<u16>().ok())
                 .filter(|c| (100..1000).contains(c));
-            s.ret = match (code, d.args.as_slice()) {
-                (Some(c), [_]) => Some((c, None)),
-                (Some(c), [_, text]) => Some((c, Some(text.clone()))),
-                (None, [url]) if url.starts_with("http") => Some((302, Some(url.clone()))),
+            let (code, arg) = match (code, d.args.as_slice()) {
+                (Some(c), [_]) => (c, None),
+                (Some(c), [_, text]) => (c, Some(text.clone())),
+                (None, [url]) if url.starts_with("http") => (302, Some(url.clone())),
                 _ => return Err(err(d, "invalid return code or arguments")),
             };
+            let fixed = arg
+                .as_ref()
+                .filter(|a| !a.contains('$'))
+                .map(|a| Bytes::from(a.clone()));
+            s.ret = Some(Return { code, arg, fixed });
         }
         _ => return Ok(false),
     }
@@ -812,6 +861,27 @@ impl Reader<'_> {
             let stock = stock_params(protocol);
             // Except what only the site knows: its root and its first server_name.
             params.retain(|p| !stock.contains(p) || p.0 == "DOCUMENT_ROOT" || p.0 == "SERVER_NAME");
+            // `$document_root` is the location's (alias or root): known now.
+            let root = alias
+                .as_ref()
+                .or(settings.root.as_ref())
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let params = params
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = v.replace("${document_root}", "$document_root");
+                    let value = if v.contains('$') && v != "$document_root" {
+                        ParamValue::Template(v)
+                    } else {
+                        ParamValue::Fixed(Bytes::from(v.replace("$document_root", &root)))
+                    };
+                    PassParam {
+                        name: Bytes::from(k),
+                        value,
+                    }
+                })
+                .collect();
             pass = Some((
                 self.pass(x, protocol, timeouts, buffering, keep_conn)?,
                 params,
@@ -1096,60 +1166,68 @@ impl Site {
     }
 
     fn server(&self, listen: usize, host: Option<&str>) -> &VirtualServer {
-        let candidates: Vec<&VirtualServer> = self
-            .servers
-            .iter()
-            .filter(|s| s.listens.contains(&listen))
-            .collect();
-        let fallback = candidates
-            .iter()
+        let candidates = || self.servers.iter().filter(|s| s.listens.contains(&listen));
+        let mut on_listen = candidates();
+        let Some(first) = on_listen.next() else {
+            return &self.servers[0];
+        };
+        if on_listen.next().is_none() {
+            // The only server of this address answers every host.
+            return first;
+        }
+        let fallback = candidates()
             .find(|s| s.default_for.contains(&listen))
-            .or_else(|| candidates.first())
-            .copied()
-            .unwrap_or(&self.servers[0]);
-        let Some(host) = host.map(str::to_ascii_lowercase) else {
+            .unwrap_or(first);
+        let Some(host) = host else {
             return fallback;
         };
-        let host = host.trim_end_matches('.');
-        let exact = candidates.iter().find(|s| {
-            s.names
-                .iter()
-                .any(|n| matches!(n, ServerName::Exact(e) if e == host))
+        // Names are kept in lower case; the host is compared without case.
+        let host = host.trim_end_matches('.').as_bytes();
+        let ends_with = |suffix: &str| {
+            host.len() >= suffix.len()
+                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+        };
+        let exact = candidates().find(|s| {
+            s.names.iter().any(
+                |n| matches!(n, ServerName::Exact(e) if host.eq_ignore_ascii_case(e.as_bytes())),
+            )
         });
         if let Some(s) = exact {
             return s;
         }
         let longest = |f: &dyn Fn(&ServerName) -> Option<usize>| {
-            candidates
-                .iter()
-                .filter_map(|s| s.names.iter().filter_map(f).max().map(|n| (n, *s)))
+            candidates()
+                .filter_map(|s| s.names.iter().filter_map(f).max().map(|n| (n, s)))
                 .max_by_key(|(n, _)| *n)
                 .map(|(_, s)| s)
         };
         let suffix = longest(&|n| match n {
-            ServerName::Suffix { suffix, bare } => (host.ends_with(suffix.as_str())
-                || (*bare && host == &suffix[1..]))
-                .then_some(suffix.len()),
+            ServerName::Suffix { suffix, bare } => (ends_with(suffix)
+                || (*bare && host.eq_ignore_ascii_case(&suffix.as_bytes()[1..])))
+            .then_some(suffix.len()),
             _ => None,
         });
         if let Some(s) = suffix {
             return s;
         }
         let prefix = longest(&|n| match n {
-            ServerName::Prefix(p) => host.starts_with(p.as_str()).then_some(p.len()),
+            ServerName::Prefix(p) => (host.len() >= p.len()
+                && host[..p.len()].eq_ignore_ascii_case(p.as_bytes()))
+            .then_some(p.len()),
             _ => None,
         });
         if let Some(s) = prefix {
             return s;
         }
-        candidates
-            .iter()
+        let Ok(host) = std::str::from_utf8(host) else {
+            return fallback;
+        };
+        candidates()
             .find(|s| {
                 s.names
                     .iter()
                     .any(|n| matches!(n, ServerName::Regex(r) if r.is_match(host)))
             })
-            .copied()
             .unwrap_or(fallback)
     }
 
@@ -1195,17 +1273,21 @@ impl Site {
         B: http_body::Body<Data = Bytes> + Send + Unpin,
         B::Error: std::fmt::Display,
     {
-        let mut picked = Picked::default();
+        let mut picked = Picked {
+            logging: self.own_logs || crate::access::any_enabled(&crate::access::default_logs()),
+            ..Picked::default()
+        };
         let mut r = self.answer(req, listen, conn, &mut picked).await;
         // nginx's `charset` of the server or location that answered, error pages included
         // (but not 301 and 302, which nginx leaves alone).
         let redirect = matches!(r.status().as_u16(), 301 | 302);
         if let (Some(cs), false) = (picked.charset, redirect) {
-            add_charset(&mut r, &cs);
+            add_charset(&mut r, cs);
         }
         // Its access logs, when it names its own.
         if let Some(logs) = picked.access {
-            r.extensions_mut().insert(crate::access::Route(logs));
+            r.extensions_mut()
+                .insert(crate::access::Route(logs.clone()));
         }
         // $uri: the normalized URI that answered (unless a handler named another).
         if let Some(uri) = picked.uri {
@@ -1216,12 +1298,12 @@ impl Site {
         r
     }
 
-    async fn answer<B>(
-        &self,
+    async fn answer<'s, B>(
+        &'s self,
         mut req: http::Request<B>,
         listen: usize,
         conn: &ConnInfo,
-        picked: &mut Picked,
+        picked: &mut Picked<'s>,
     ) -> http::Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin,
@@ -1241,19 +1323,22 @@ impl Site {
             .map(vars::without_port);
         let server = self.server(listen, host);
         picked.take(&server.base);
-        let raw_path = req.uri().path().to_owned();
+        // The request target stays readable after the request is handed on (a clone of
+        // the URI shares its bytes).
+        let target = req.uri().clone();
+        let raw_path = target.path();
         let Ok(path) = cgi_family::normalize_path(raw_path.as_bytes()) else {
             return error_page(StatusCode::BAD_REQUEST);
         };
-        let mut uri = String::from_utf8_lossy(&path).into_owned();
-        picked.uri = Some(uri.clone());
-        let request_uri = req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
-        let args = req.uri().query().unwrap_or("").to_owned();
+        let mut uri: std::borrow::Cow<'_, str> = match path {
+            std::borrow::Cow::Borrowed(p) => String::from_utf8_lossy(p),
+            std::borrow::Cow::Owned(p) => String::from_utf8_lossy(&p).into_owned().into(),
+        };
+        picked.uri(&uri);
+        let request_uri = target.path_and_query().map_or("/", |p| p.as_str());
+        let args = target.query().unwrap_or("");
         if let Some(ret) = &server.base.ret {
-            let vars = self.vars(&req, conn, &request_uri, &uri, &args, server, "");
+            let vars = self.vars(&req, conn, request_uri, &uri, args, server, "");
             return returned(ret, &vars, &server.base.default_type);
         }
         // try_files may redirect internally to another URI (or a named location).
@@ -1261,7 +1346,7 @@ impl Site {
             let location = Self::location(server, &uri);
             let settings = location.map_or(&server.base, |l| &l.settings);
             picked.take(settings);
-            picked.uri = Some(uri.clone());
+            picked.uri(&uri);
             if let Some(limit) = settings.max_body {
                 let length = req
                     .headers()
@@ -1274,10 +1359,10 @@ impl Site {
             let root = location
                 .and_then(|l| l.alias.as_ref())
                 .or(settings.root.as_ref())
-                .map(|p| p.to_string_lossy().into_owned())
+                .map(|p| p.to_string_lossy())
                 .unwrap_or_default();
             if let Some(ret) = &settings.ret {
-                let vars = self.vars(&req, conn, &request_uri, &uri, &args, server, &root);
+                let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
                 return returned(ret, &vars, &settings.default_type);
             }
             if let Some(Location {
@@ -1286,7 +1371,7 @@ impl Site {
                 ..
             }) = location
             {
-                let vars = self.vars(&req, conn, &request_uri, &uri, &args, server, &root);
+                let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
                 let headers: Vec<(String, String)> = headers
                     .iter()
                     .map(|(k, v)| (k.clone(), vars.expand(v)))
@@ -1295,24 +1380,32 @@ impl Site {
                     Matcher::Prefix { path, .. } => path.as_str(),
                     _ => "",
                 };
-                return proxy.handle_under(req, conn, &headers, prefix).await;
+                // Boxed (as below): large futures, which would make every request's
+                // future as large.
+                return Box::pin(proxy.handle_under(req, conn, &headers, prefix)).await;
             }
             if let Some(Location {
                 pass: Some((pass, params)),
                 ..
             }) = location
             {
-                let vars = self.vars(&req, conn, &request_uri, &uri, &args, server, &root);
+                let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
                 let extra: Vec<(Bytes, Bytes)> = params
                     .iter()
-                    .map(|(k, v)| (Bytes::from(k.clone()), Bytes::from(vars.expand(v))))
+                    .map(|p| {
+                        let value = match &p.value {
+                            ParamValue::Fixed(v) => v.clone(),
+                            ParamValue::Template(t) => Bytes::from(vars.expand(t)),
+                        };
+                        (p.name.clone(), value)
+                    })
                     .collect();
-                return pass.handle_with(req, conn, &extra).await;
+                return Box::pin(pass.handle_with(req, conn, &extra)).await;
             }
             // Files.
             let Some(base_dir) = location
-                .and_then(|l| l.alias.clone())
-                .or_else(|| settings.root.clone())
+                .and_then(|l| l.alias.as_ref())
+                .or(settings.root.as_ref())
             else {
                 return error_page(StatusCode::NOT_FOUND);
             };
@@ -1329,11 +1422,11 @@ impl Site {
             };
             let Some(try_files) = &settings.try_files else {
                 let r = self
-                    .files(&req, &uri, &file_for(&uri), &base_dir, settings)
+                    .files(&req, &uri, &file_for(&uri), base_dir, settings)
                     .await;
                 return r;
             };
-            let vars = self.vars(&req, conn, &request_uri, &uri, &args, server, &root);
+            let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
             let (last, tries) = try_files.split_last().unwrap_or((&try_files[0], &[]));
             let mut found = None;
             for t in tries {
@@ -1349,7 +1442,7 @@ impl Site {
             }
             if let Some((candidate, file)) = found {
                 let r = self
-                    .files(&req, &candidate, &file, &base_dir, settings)
+                    .files(&req, &candidate, &file, base_dir, settings)
                     .await;
                 return r;
             }
@@ -1365,11 +1458,11 @@ impl Site {
             {
                 if let Some((pass, _)) = &named.pass {
                     picked.take(&named.settings);
-                    return pass.handle_with(req, conn, &[]).await;
+                    return Box::pin(pass.handle_with(req, conn, &[])).await;
                 }
                 return error_page(StatusCode::NOT_FOUND);
             }
-            uri = next.split('?').next().unwrap_or("/").to_owned();
+            uri = next.split('?').next().unwrap_or("/").to_owned().into();
         }
         tracing::error!("rewrite or internal redirection cycle while processing {raw_path}");
         error_page(StatusCode::INTERNAL_SERVER_ERROR)
@@ -1479,14 +1572,13 @@ fn stock_params(protocol: Protocol) -> Vec<(String, String)> {
 
 /// nginx's `return code [text|URL]`.
 fn returned(
-    ret: &(u16, Option<String>),
+    ret: &Return,
     vars: &RequestVars<'_>,
-    default_type: &str,
+    default_type: &HeaderValue,
 ) -> http::Response<Body> {
-    let (code, arg) = ret;
-    let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let redirect = matches!(code, 301 | 302 | 303 | 307 | 308);
-    match arg {
+    let status = StatusCode::from_u16(ret.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let redirect = matches!(ret.code, 301 | 302 | 303 | 307 | 308);
+    match &ret.arg {
         Some(a) if redirect => {
             let mut r = error_page(status);
             if let Ok(v) = HeaderValue::from_str(&vars.expand(a)) {
@@ -1495,11 +1587,14 @@ fn returned(
             r
         }
         Some(text) => {
-            let mut r = http::Response::new(Body::full(vars.expand(text)));
+            let body = match &ret.fixed {
+                Some(fixed) => Body::full(fixed.clone()),
+                None => Body::full(vars.expand(text)),
+            };
+            let mut r = http::Response::new(body);
             *r.status_mut() = status;
-            if let Ok(v) = HeaderValue::from_str(default_type) {
-                r.headers_mut().insert(header::CONTENT_TYPE, v);
-            }
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, default_type.clone());
             r
         }
         None => error_page(status),

@@ -33,54 +33,80 @@ pub struct RequestVars<'a> {
 impl RequestVars<'_> {
     /// The value of variable `name` (without `$`); unknown names are empty.
     pub fn get(&self, name: &str) -> String {
+        let mut out = String::new();
+        self.write(name, &mut out);
+        out
+    }
+
+    /// Appends the value of variable `name` to `out` (no allocation of its own).
+    fn write(&self, name: &str, out: &mut String) {
+        use std::fmt::Write;
         let header = |h: &str| {
             self.headers
                 .get(h)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
-                .to_owned()
         };
         match name {
-            "uri" | "document_uri" => self.uri.to_owned(),
-            "request_uri" => self.request_uri.to_owned(),
-            "args" | "query_string" => self.args.to_owned(),
-            "is_args" => if self.args.is_empty() { "" } else { "?" }.to_owned(),
-            "request_method" => self.method.to_owned(),
-            "scheme" => self.scheme.to_owned(),
-            "https" => if self.scheme == "https" { "on" } else { "" }.to_owned(),
+            "uri" | "document_uri" => out.push_str(self.uri),
+            "request_uri" => out.push_str(self.request_uri),
+            "args" | "query_string" => out.push_str(self.args),
+            "is_args" => out.push_str(if self.args.is_empty() { "" } else { "?" }),
+            "request_method" => out.push_str(self.method),
+            "scheme" => out.push_str(self.scheme),
+            "https" => out.push_str(if self.scheme == "https" { "on" } else { "" }),
             "host" => {
-                let h = without_port(&header("host")).to_owned();
+                let h = without_port(header("host"));
                 if h.is_empty() {
-                    self.server_name.to_owned()
+                    out.push_str(self.server_name);
                 } else {
-                    h.to_ascii_lowercase()
+                    out.extend(h.chars().map(|c| c.to_ascii_lowercase()));
                 }
             }
-            "http_host" => header("host"),
-            "server_name" => self.server_name.to_owned(),
-            "server_port" => self.local.map(|l| l.port().to_string()).unwrap_or_default(),
-            "server_addr" => self.local.map(|l| l.ip().to_string()).unwrap_or_default(),
-            "remote_addr" => self.peer.map(|p| p.ip().to_string()).unwrap_or_default(),
-            "remote_port" => self.peer.map(|p| p.port().to_string()).unwrap_or_default(),
-            "binary_remote_addr" => self.peer.map(|p| p.ip().to_string()).unwrap_or_default(),
-            "server_protocol" => self.protocol.to_owned(),
-            "content_type" => header("content-type"),
-            "content_length" => header("content-length"),
-            "document_root" => self.document_root.to_owned(),
-            "pid" => std::process::id().to_string(),
+            "http_host" => out.push_str(header("host")),
+            "server_name" => out.push_str(self.server_name),
+            "server_port" => {
+                if let Some(l) = self.local {
+                    let _ = write!(out, "{}", l.port());
+                }
+            }
+            "server_addr" => {
+                if let Some(l) = self.local {
+                    let _ = write!(out, "{}", l.ip());
+                }
+            }
+            "remote_addr" | "binary_remote_addr" => {
+                if let Some(p) = self.peer {
+                    let _ = write!(out, "{}", p.ip());
+                }
+            }
+            "remote_port" => {
+                if let Some(p) = self.peer {
+                    let _ = write!(out, "{}", p.port());
+                }
+            }
+            "server_protocol" => out.push_str(self.protocol),
+            "content_type" => out.push_str(header("content-type")),
+            "content_length" => out.push_str(header("content-length")),
+            "document_root" => out.push_str(self.document_root),
+            "pid" => {
+                let _ = write!(out, "{}", std::process::id());
+            }
             "proxy_add_x_forwarded_for" => {
-                let ip = self.peer.map(|p| p.ip().to_string()).unwrap_or_default();
-                match header("x-forwarded-for") {
-                    prev if prev.is_empty() => ip,
-                    prev => format!("{prev}, {ip}"),
+                let prev = header("x-forwarded-for");
+                if !prev.is_empty() {
+                    out.push_str(prev);
+                    out.push_str(", ");
+                }
+                if let Some(p) = self.peer {
+                    let _ = write!(out, "{}", p.ip());
                 }
             }
             _ => {
                 if let Some(h) = name.strip_prefix("http_") {
-                    return header(&h.replace('_', "-"));
-                }
-                if let Some(c) = name.strip_prefix("cookie_") {
-                    return self
+                    out.push_str(header(&h.replace('_', "-")));
+                } else if let Some(c) = name.strip_prefix("cookie_") {
+                    let found = self
                         .headers
                         .get_all(http::header::COOKIE)
                         .iter()
@@ -88,21 +114,16 @@ impl RequestVars<'_> {
                         .flat_map(|v| v.split(';'))
                         .find_map(|kv| {
                             let (k, v) = kv.trim().split_once('=')?;
-                            (k == c).then(|| v.to_owned())
-                        })
-                        .unwrap_or_default();
+                            (k == c).then_some(v)
+                        });
+                    out.push_str(found.unwrap_or(""));
+                } else if let Some(a) = name.strip_prefix("arg_") {
+                    let found = self.args.split('&').find_map(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                        (k == a).then_some(v)
+                    });
+                    out.push_str(found.unwrap_or(""));
                 }
-                if let Some(a) = name.strip_prefix("arg_") {
-                    return self
-                        .args
-                        .split('&')
-                        .find_map(|kv| {
-                            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                            (k == a).then(|| v.to_owned())
-                        })
-                        .unwrap_or_default();
-                }
-                String::new()
             }
         }
     }
@@ -140,7 +161,7 @@ impl RequestVars<'_> {
                 rest = after;
                 continue;
             }
-            out.push_str(&self.get(name));
+            self.write(name, &mut out);
             rest = &after[used..];
         }
         out.push_str(rest);
