@@ -380,7 +380,7 @@ impl Pass {
                 return plain(http::StatusCode::BAD_REQUEST, "Bad Request\n");
             }
         };
-        let head = request_head(&parts);
+        let head = RequestHead::from_http(&parts);
         let flavor = match self.protocol {
             Protocol::Uwsgi => Flavor::Uwsgi,
             Protocol::Scgi => Flavor::Scgi,
@@ -955,44 +955,6 @@ impl http_body::Body for PassBody {
             http_body::SizeHint::default,
             http_body::SizeHint::with_exact,
         )
-    }
-}
-
-/// The CGI layer's view of a request head: the target and the headers copied into one
-/// allocation (the `http` types do not hand out their bytes).
-fn request_head(parts: &http::request::Parts) -> RequestHead {
-    use bytes::BufMut;
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let size = target.len()
-        + parts
-            .headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len())
-            .sum::<usize>();
-    let mut arena = BytesMut::with_capacity(size);
-    let mut take = |b: &[u8]| {
-        arena.put_slice(b);
-        arena.split().freeze()
-    };
-    let method = match parts.method {
-        http::Method::GET => Bytes::from_static(b"GET"),
-        http::Method::POST => Bytes::from_static(b"POST"),
-        http::Method::HEAD => Bytes::from_static(b"HEAD"),
-        ref m => Bytes::copy_from_slice(m.as_str().as_bytes()),
-    };
-    let mut head = RequestHead::new(method, take(target.as_bytes()), version(parts.version));
-    for (name, value) in &parts.headers {
-        let name = take(name.as_str().as_bytes());
-        head.push_header(name, take(value.as_bytes()));
-    }
-    head
-}
-
-fn version(v: http::Version) -> &'static str {
-    match v {
-        http::Version::HTTP_10 => "HTTP/1.0",
-        http::Version::HTTP_2 => "HTTP/2.0",
-        _ => "HTTP/1.1",
     }
 }
 

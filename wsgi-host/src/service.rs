@@ -70,16 +70,6 @@ impl WsgiService {
 /// The default [`WsgiService::post_buffering`].
 pub const DEFAULT_POST_BUFFERING: u64 = 1 << 20;
 
-fn version(v: http::Version) -> &'static str {
-    match v {
-        http::Version::HTTP_09 => "HTTP/0.9",
-        http::Version::HTTP_10 => "HTTP/1.0",
-        http::Version::HTTP_2 => "HTTP/2.0",
-        http::Version::HTTP_3 => "HTTP/3.0",
-        _ => "HTTP/1.1",
-    }
-}
-
 fn plain(status: u16, text: &'static str) -> http::Response<ResponseBody> {
     let mut r = http::Response::new(ResponseBody::full(Bytes::from_static(text.as_bytes())));
     *r.status_mut() =
@@ -103,27 +93,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let (parts, mut body) = req.into_parts();
-        let target = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned();
-        let mut head = RequestHead::new(
-            parts.method.as_str().to_owned(),
-            target,
-            version(parts.version),
-        );
-        for (name, value) in &parts.headers {
-            head.push_header(
-                name.as_str().to_owned(),
-                Bytes::copy_from_slice(value.as_bytes()),
-            );
-        }
-        if head.header_value("host").is_none() {
-            if let Some(authority) = parts.uri.authority() {
-                head.push_header("Host", authority.as_str().to_owned());
-            }
-        }
+        let head = RequestHead::from_http(&parts);
         let mut builder = EnvBuilder::new(Flavor::Wsgi)
             .mount(self.mount.clone())
             .server_name(self.server_name.clone());

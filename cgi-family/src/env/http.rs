@@ -98,6 +98,63 @@ impl RequestHead {
         }
     }
 
+    /// The head of an `http` crate request: its method, target (path and query), version
+    /// and headers, copied into one allocation (the `http` types do not hand out their
+    /// bytes). A request without a `Host` header (HTTP/2) gets its URI's authority as
+    /// the host, as nginx reads `:authority`.
+    ///
+    /// ```
+    /// let req = http::Request::get("http://example.com/a?b=1").body(()).unwrap();
+    /// let (parts, ()) = req.into_parts();
+    /// let head = cgi_family::RequestHead::from_http(&parts);
+    /// assert_eq!(head.target(), b"/a?b=1");
+    /// assert_eq!(head.header_value("host"), Some(&b"example.com"[..]));
+    /// ```
+    #[cfg(feature = "http")]
+    pub fn from_http(parts: &http::request::Parts) -> Self {
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let authority = match parts.headers.contains_key(http::header::HOST) {
+            true => None,
+            false => parts.uri.authority().map(http::uri::Authority::as_str),
+        };
+        let size = target.len()
+            + authority.map_or(0, |a| 4 + a.len())
+            + parts
+                .headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len())
+                .sum::<usize>();
+        let mut arena = BytesMut::with_capacity(size);
+        let mut take = |b: &[u8]| {
+            arena.put_slice(b);
+            arena.split().freeze()
+        };
+        let method = match parts.method {
+            http::Method::GET => Bytes::from_static(b"GET"),
+            http::Method::POST => Bytes::from_static(b"POST"),
+            http::Method::HEAD => Bytes::from_static(b"HEAD"),
+            ref m => Bytes::copy_from_slice(m.as_str().as_bytes()),
+        };
+        let version: &'static [u8] = match parts.version {
+            http::Version::HTTP_09 => b"HTTP/0.9",
+            http::Version::HTTP_10 => b"HTTP/1.0",
+            http::Version::HTTP_2 => b"HTTP/2.0",
+            http::Version::HTTP_3 => b"HTTP/3.0",
+            _ => b"HTTP/1.1",
+        };
+        let mut head = Self::new(method, take(target.as_bytes()), Bytes::from_static(version));
+        head.headers.reserve(parts.headers.len() + 1);
+        for (name, value) in &parts.headers {
+            let name = take(name.as_str().as_bytes());
+            head.headers.push((name, take(value.as_bytes())));
+        }
+        if let Some(a) = authority {
+            let name = take(b"host");
+            head.headers.push((name, take(a.as_bytes())));
+        }
+        head
+    }
+
     /// Adds a header line (in arrival order; repeated names allowed).
     pub fn header(mut self, name: impl Into<Bytes>, value: impl Into<Bytes>) -> Self {
         self.headers.push((name.into(), value.into()));

@@ -5,7 +5,6 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use tokio::sync::mpsc;
 
 /// The block size files are read in.
 const BLOCK: usize = 256 * 1024;
@@ -15,10 +14,12 @@ const BLOCK: usize = 256 * 1024;
 pub enum Body {
     /// A WSGI response.
     Wsgi(wsgi_host::ResponseBody),
-    /// A region of a file, read in blocks off the async threads.
+    /// A region of a file, read block by block as the client takes them.
     File {
-        /// The blocks.
-        rx: mpsc::Receiver<std::io::Result<Bytes>>,
+        /// The file.
+        file: std::fs::File,
+        /// Where the next block starts.
+        at: u64,
         /// Bytes still to come.
         left: u64,
     },
@@ -43,34 +44,39 @@ impl Body {
     }
 
     /// `len` bytes of `file` from `offset`.
+    ///
+    /// The blocks are read when the client is ready for them, on the connection's own
+    /// thread, as nginx reads files without `aio`: a read from the page cache costs less
+    /// than handing it to another thread and back. Each block is read into fresh memory
+    /// that is not zeroed first.
     pub fn file(file: std::fs::File, offset: u64, len: u64) -> Self {
-        use std::os::unix::fs::FileExt;
-        let (tx, rx) = mpsc::channel(2);
-        tokio::task::spawn_blocking(move || {
-            let (mut at, end) = (offset, offset + len);
-            while at < end {
-                let want = usize::try_from(end - at).map_or(BLOCK, |n| n.min(BLOCK));
-                let mut buf = vec![0u8; want];
-                let item = match file.read_at(&mut buf, at) {
-                    Ok(0) => Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "file shrank",
-                    )),
-                    Ok(n) => {
-                        buf.truncate(n);
-                        at += n as u64;
-                        Ok(Bytes::from(buf))
-                    }
-                    Err(e) => Err(e),
-                };
-                let stop = item.is_err();
-                if tx.blocking_send(item).is_err() || stop {
-                    return;
-                }
-            }
-        });
-        Self::File { rx, left: len }
+        Self::File {
+            file,
+            at: offset,
+            left: len,
+        }
     }
+}
+
+/// The next block of a file region (`left > 0`).
+fn read_block(file: &std::fs::File, at: &mut u64, left: &mut u64) -> std::io::Result<Bytes> {
+    let want = usize::try_from(*left).map_or(BLOCK, |n| n.min(BLOCK));
+    let mut buf = Vec::with_capacity(want);
+    let n = loop {
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), *at) {
+            Err(rustix::io::Errno::INTR) => {}
+            r => break r?,
+        }
+    };
+    if n == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "file shrank",
+        ));
+    }
+    *at += n as u64;
+    *left -= n as u64;
+    Ok(Bytes::from(buf))
 }
 
 impl http_body::Body for Body {
@@ -84,15 +90,18 @@ impl http_body::Body for Body {
         match self.get_mut() {
             Self::Wsgi(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Self::File { rx, left } => match rx.poll_recv(cx) {
-                Poll::Ready(Some(Ok(b))) => {
-                    *left = left.saturating_sub(b.len() as u64);
-                    Poll::Ready(Some(Ok(Frame::data(b))))
+            Self::File { file, at, left } => {
+                if *left == 0 {
+                    return Poll::Ready(None);
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
+                Poll::Ready(Some(match read_block(file, at, left) {
+                    Ok(b) => Ok(Frame::data(b)),
+                    Err(e) => {
+                        *left = 0; // ends the body: the client sees it cut short
+                        Err(e.into())
+                    }
+                }))
+            }
             Self::Pass(p) => Pin::new(p).poll_frame(cx).map_err(Into::into),
             Self::Logged(b, pending) => {
                 let r = Pin::new(b.as_mut()).poll_frame(cx);

@@ -22,6 +22,25 @@ enum Opened {
 /// Opens `file` (a path under `root`) for reading without leaving `root`: one `openat2`
 /// with `RESOLVE_BENEATH` from the root (Linux 5.6+), so neither `..` nor a symlink can
 /// lead out; on older kernels, the canonical paths are compared. A directory is missing.
+/// `file` relative to `root` when it is written under it (a byte comparison: the paths
+/// are made by joining, and component-wise comparison costs more than the open).
+fn beneath<'a>(root: &std::path::Path, file: &'a std::path::Path) -> Option<&'a std::path::Path> {
+    use std::os::unix::ffi::OsStrExt;
+    let (root, file) = (root.as_os_str().as_bytes(), file.as_os_str().as_bytes());
+    let root = match root {
+        [rest @ .., b'/'] if !rest.is_empty() => rest,
+        r => r,
+    };
+    let rest = file.strip_prefix(root)?;
+    let rel = match rest {
+        [] => rest,
+        [b'/', rel @ ..] => rel,
+        _ if root == b"/" => rest,
+        _ => return None,
+    };
+    Some(std::path::Path::new(std::ffi::OsStr::from_bytes(rel)))
+}
+
 fn open_beneath(root: &std::path::Path, file: &std::path::Path) -> Opened {
     use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
     let regular = |f: std::fs::File| match f.metadata() {
@@ -29,7 +48,7 @@ fn open_beneath(root: &std::path::Path, file: &std::path::Path) -> Opened {
         Ok(m) if m.is_dir() => Opened::Directory,
         _ => Opened::Missing,
     };
-    if let Ok(rel) = file.strip_prefix(root) {
+    if let Some(rel) = beneath(root, file) {
         let dir = nix::fcntl::open(
             root,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -247,14 +266,15 @@ pub async fn try_serve_file(
             );
             return Ok(plain(StatusCode::FORBIDDEN));
         }
-        Opened::File(mut f, meta) => {
+        Opened::File(f, meta) => {
             let small = if plain_get && meta.len() <= SMALL_FILE {
-                use std::io::Read;
+                // One read of the size fstat gave (a file that changed meanwhile is
+                // read in blocks below instead, and ends short if it shrank).
                 let mut buf = Vec::with_capacity(meta.len() as usize);
-                if f.read_to_end(&mut buf).is_err() {
-                    return Err(FileMiss::Missing);
+                match rustix::io::pread(&f, rustix::buffer::spare_capacity(&mut buf), 0) {
+                    Ok(n) if n as u64 == meta.len() => Some(bytes::Bytes::from(buf)),
+                    _ => None,
                 }
-                Some(bytes::Bytes::from(buf))
             } else {
                 None
             };
@@ -273,11 +293,15 @@ pub async fn try_serve_file(
     let etag = format!("\"{secs:x}-{size:x}\"");
     let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(secs));
     let mut common = HeaderMap::new();
-    let guessed = mime_guess::from_path(file).first_or_octet_stream();
+    let content_type = match content_type {
+        Some(t) => HeaderValue::from_str(t).ok(),
+        None => {
+            HeaderValue::from_str(mime_guess::from_path(file).first_or_octet_stream().as_ref()).ok()
+        }
+    };
     common.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_str(content_type.unwrap_or(guessed.as_ref()))
-            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        content_type.unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
     common.insert(
         header::LAST_MODIFIED,
@@ -360,6 +384,24 @@ pub async fn try_serve_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn beneath_is_the_path_under_the_root() {
+        use std::path::Path;
+        let b = |r: &str, f: &str| {
+            beneath(Path::new(r), Path::new(f)).map(|p| p.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            b("/srv/www", "/srv/www/a/b.css").as_deref(),
+            Some("a/b.css")
+        );
+        assert_eq!(b("/srv/www/", "/srv/www/a").as_deref(), Some("a"));
+        assert_eq!(b("/srv/www", "/srv/www").as_deref(), Some(""));
+        assert_eq!(b("/srv/www", "/srv/wwwx/a"), None);
+        assert_eq!(b("/srv/www", "/srv/other"), None);
+        assert_eq!(b("/", "/etc/hosts").as_deref(), Some("etc/hosts"));
+        assert_eq!(b("www", "www/a").as_deref(), Some("a"));
+    }
 
     #[test]
     fn ranges() {

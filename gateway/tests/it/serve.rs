@@ -381,6 +381,9 @@ fn static_maps() {
     std::fs::create_dir_all(st.join("sub")).unwrap();
     let css: Vec<u8> = b"body { color: #333; }\n".repeat(100);
     std::fs::write(st.join("style.css"), &css).unwrap();
+    // Larger than one read block (256 KiB) and than the inline-read limit.
+    let large: Vec<u8> = (0..700_001u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(st.join("large.bin"), &large).unwrap();
     std::fs::write(st.join("sub/index.html"), b"<h1>index</h1>").unwrap();
     std::os::unix::fs::symlink("/etc/hostname", st.join("escape.txt")).unwrap();
     std::fs::write(dir.path().join("secret.txt"), b"SECRET").unwrap();
@@ -435,6 +438,12 @@ fn static_maps() {
         r.header("content-range"),
         Some(format!("bytes 0-9/{}", css.len()).as_str())
     );
+    let r = get("/static/large.bin", "");
+    assert_eq!((r.status, r.body.len()), (200, large.len()));
+    assert!(r.body == large, "the large file arrived altered");
+    let r = get("/static/large.bin", "Range: bytes=262000-600000\r\n");
+    assert_eq!(r.status, 206);
+    assert!(r.body == large[262_000..=600_000], "a range across blocks");
     let r = get("/static/style.css", "Range: bytes=-5\r\n");
     assert_eq!((r.status, r.body.as_slice()), (206, &css[css.len() - 5..]));
     let r = get("/static/style.css", "Range: bytes=999999-\r\n");
