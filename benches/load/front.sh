@@ -8,7 +8,8 @@
 # Cases: a 4 KiB and a 1 MiB static file, `return 200`, and hello world passed over the
 # uwsgi protocol on a unix socket to the same uWSGI backend. wrk -t1 -c32 drives each.
 # Printed: requests/s, p99, and the front's CPU time per request (its utime+stime over the
-# run divided by the requests), with the gateway's ratios against nginx.
+# run divided by the requests), with the gateway's ratios against nginx. The gateway runs
+# one event-loop thread, as nginx's one worker does (FRONT_THREADS=N gives it N).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DUR=${1:-5}
@@ -71,7 +72,7 @@ EOF
 nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -e "$OUT/nginx/error.log" >/dev/null 2>&1 &
 NGINX=$!
 site $GPORT >"$OUT/site.conf"
-(cd "$OUT" && GATEWAY_LOG=warn exec "$GATEWAY" --nginx-conf site.conf --disable-logging) >"$OUT/gateway.log" 2>&1 &
+(cd "$OUT" && GATEWAY_LOG=warn TOKIO_WORKER_THREADS=${FRONT_THREADS:-1} exec "$GATEWAY" --nginx-conf site.conf --disable-logging) >"$OUT/gateway.log" 2>&1 &
 GW=$!
 for _ in $(seq 1 100); do
   curl -s -o /dev/null "http://127.0.0.1:$NPORT/return" && curl -s -o /dev/null "http://127.0.0.1:$GPORT/return" && break
@@ -84,7 +85,7 @@ for path in /4k.bin /1m.bin /return /app/hello; do
 done
 
 echo
-echo "wrk -t1 -c32 -d${DUR}s; nginx: 1 worker; gateway: --nginx-conf, 1 process; same uWSGI behind both"
+echo "wrk -t1 -c32 -d${DUR}s; nginx: 1 worker; gateway: --nginx-conf, 1 process, ${FRONT_THREADS:-1} thread(s); same uWSGI behind both"
 printf '%-12s %-9s %10s %8s %9s %12s %8s\n' case front "req/s" "x nginx" "p99" "CPU µs/req" "x nginx"
 awk '
   { split($2, u, "/"); c="/" u[4]; if (u[5] != "") c=c "/" u[5]

@@ -10,6 +10,49 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use super::Body;
 
+/// How long an opened root directory is used before it is opened again by its path: a
+/// root that is a symlink switched to a new release (or a directory recreated) is
+/// followed within this time, and a request costs two system calls fewer meanwhile.
+const ROOT_VALID: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The roots opened lately (`O_PATH` descriptors), by path.
+type RootCache =
+    std::collections::HashMap<PathBuf, (std::time::Instant, std::sync::Arc<std::os::fd::OwnedFd>)>;
+
+static ROOTS: std::sync::Mutex<Option<RootCache>> = std::sync::Mutex::new(None);
+
+/// `root` opened as an `O_PATH` directory, from the cache while it is fresh.
+fn root_fd(root: &std::path::Path) -> Option<std::sync::Arc<std::os::fd::OwnedFd>> {
+    use nix::fcntl::OFlag;
+    let now = std::time::Instant::now();
+    {
+        let cache = ROOTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, fd)) = cache.as_ref().and_then(|c| c.get(root)) {
+            if now.duration_since(*at) < ROOT_VALID {
+                return Some(fd.clone());
+            }
+        }
+    }
+    let fd = nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    let fd = std::sync::Arc::new(fd);
+    let mut cache = ROOTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cache = cache.get_or_insert_with(RootCache::new);
+    if cache.len() >= 256 {
+        cache.clear(); // roots come from the configuration: this is never reached in use
+    }
+    cache.insert(root.to_path_buf(), (now, fd.clone()));
+    Some(fd)
+}
+
 /// What opening a file under a root gave.
 enum Opened {
     File(std::fs::File, std::fs::Metadata),
@@ -49,12 +92,7 @@ fn open_beneath(root: &std::path::Path, file: &std::path::Path) -> Opened {
         _ => Opened::Missing,
     };
     if let Some(rel) = beneath(root, file) {
-        let dir = nix::fcntl::open(
-            root,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        );
-        let Ok(dir) = dir else {
+        let Some(dir) = root_fd(root) else {
             return Opened::Missing;
         };
         let rel = if rel.as_os_str().is_empty() {
@@ -65,7 +103,7 @@ fn open_beneath(root: &std::path::Path, file: &std::path::Path) -> Opened {
         let how = OpenHow::new()
             .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
             .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        match nix::fcntl::openat2(&dir, rel, how) {
+        match nix::fcntl::openat2(&*dir, rel, how) {
             Ok(fd) => return regular(std::fs::File::from(fd)),
             Err(nix::errno::Errno::EXDEV | nix::errno::Errno::ELOOP) => {
                 return Opened::Outside(

@@ -373,6 +373,47 @@ fn cgi_fcgi_against_the_fastcgi_socket() {
     );
 }
 
+/// A static root that is a symlink switched to a new release (a common deployment) is
+/// followed: the opened root is kept for at most a second.
+#[test]
+fn a_switched_root_symlink_is_followed() {
+    let dir = testkit::temp_dir();
+    std::fs::write(dir.path().join("app.py"), ECHO_APP).unwrap();
+    for (release, text) in [("r1", "one"), ("r2", "two")] {
+        std::fs::create_dir_all(dir.path().join(release)).unwrap();
+        std::fs::write(dir.path().join(release).join("v.txt"), text).unwrap();
+    }
+    let current = dir.path().join("current");
+    std::os::unix::fs::symlink(dir.path().join("r1"), &current).unwrap();
+    let (a, sa) = addr();
+    let gw = gateway(
+        dir.path(),
+        &[
+            "--http",
+            &a,
+            "--wsgi-file",
+            "app.py",
+            "--static-map",
+            &format!("/static={}", current.display()),
+        ],
+        Some(sa),
+    );
+    wait_ready(&gw);
+    let get = || {
+        exchange(
+            sa,
+            b"GET /static/v.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+    };
+    assert_eq!(get().text(), "one", "{}", gw.log());
+    // Switched the way deployment tools do it: a new link renamed over the old one.
+    let next = dir.path().join("current.new");
+    std::os::unix::fs::symlink(dir.path().join("r2"), &next).unwrap();
+    std::fs::rename(&next, &current).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(get().text(), "two", "{}", gw.log());
+}
+
 #[test]
 fn static_maps() {
     let dir = testkit::temp_dir();
