@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 /// mimalloc serves the many small, short-lived allocations of a request (header maps,
-/// futures, buffers) in a fraction of glibc's time; Python keeps its own allocator.
+/// futures, buffers) in a fraction of glibc's time; Python keeps its own allocator. Built
+/// without transparent huge pages, which cost each worker about 9 MB of resident memory.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
