@@ -10,6 +10,10 @@
 use cgi_family::{EnvBuilder, Flavor, RequestHead};
 use wsgi_host::{AppSpec, HostOptions, WsgiHost, WsgiRequest};
 
+/// The allocator the `gateway` binary ships with, so the counts are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);

@@ -5,6 +5,10 @@
 use std::ffi::CString;
 use std::hint::black_box;
 
+/// The allocator the `gateway` binary ships with, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use cgi_family::{Env, EnvBuilder, Flavor, RequestHead};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use pyo3::prelude::*;

@@ -9,16 +9,22 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use cgi_family::Env;
 use cgi_family::fastcgi::{self, Event, RecordType, ServerConfig, ServerConnection};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 use wsgi_host::{BodyChunk, BodyError, RequestBody, WsgiHost, WsgiRequest};
 
-use super::respond::{HeadStyle, file_block, head_bytes};
+use super::respond::{HeadStyle, SocketWriter, head_bytes};
 
-type Writer<S> = Arc<Mutex<WriteHalf<S>>>;
+/// The connection's writing half, shared by the requests multiplexed on it (a record is
+/// written whole while it is held).
+type Writer = Arc<Mutex<SocketWriter>>;
 
-async fn send_stdout<S: AsyncWrite>(w: &Writer<S>, id: u16, data: &[u8]) -> bool {
+/// The content of each STDOUT record a file is sent in: the largest multiple of 8 a record
+/// holds, so no padding follows.
+const FILE_RECORD: u64 = 65_528;
+
+async fn send_stdout(w: &Writer, id: u16, data: &[u8]) -> bool {
     let mut out = BytesMut::with_capacity(data.len() + 16);
     if fastcgi::encode_stream(RecordType::STDOUT, id, data, &mut out).is_err() {
         return false;
@@ -36,8 +42,38 @@ fn mount_at_root(env: &mut Env) {
     }
 }
 
-async fn answer<S: AsyncWrite + Send + 'static>(
-    w: Writer<S>,
+/// `len` bytes of `file` from `offset` in STDOUT records: each record's header is written,
+/// then its content goes with `sendfile` over TCP and unix sockets (no copy through user
+/// space). Returns the bytes sent and whether all were.
+async fn send_file_records(
+    w: &Writer,
+    id: u16,
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+) -> (u64, bool) {
+    let (mut at, end) = (offset, offset + len);
+    while at < end {
+        let n = (end - at).min(FILE_RECORD);
+        let header = fastcgi::RecordHeader::new(RecordType::STDOUT, id, n as u16);
+        let mut w = w.lock().await;
+        let ok = w.write_all(&header.to_bytes()).await.is_ok()
+            && w.send_file(file, at, n).await.is_ok()
+            && w.write_all(&[0u8; 8][..usize::from(header.padding_length)])
+                .await
+                .is_ok();
+        if !ok {
+            // A record may be cut: nothing can follow it on this connection.
+            let _ = w.shutdown().await;
+            return (at - offset, false);
+        }
+        at += n;
+    }
+    (len, true)
+}
+
+async fn answer(
+    w: Writer,
     id: u16,
     request: WsgiRequest,
     host: WsgiHost,
@@ -69,19 +105,8 @@ async fn answer<S: AsyncWrite + Send + 'static>(
                         send_stdout(&w, id, &d).await
                     }
                     Ok(BodyChunk::File { file, offset, len }) => {
-                        let file = Arc::new(file);
-                        let (mut at, end) = (offset, offset + len);
-                        let mut good = true;
-                        while good && at < end {
-                            good = match file_block(&file, at, end).await {
-                                Ok(block) => {
-                                    at += block.len() as u64;
-                                    send_stdout(&w, id, &block).await
-                                }
-                                Err(_) => false,
-                            };
-                        }
-                        sent += at - offset;
+                        let (n, good) = send_file_records(&w, id, &file, offset, len).await;
+                        sent += n;
                         good
                     }
                     Ok(_) => true,
@@ -118,8 +143,8 @@ pub async fn serve_connection_until<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut reader, writer) = tokio::io::split(io);
-    let writer: Writer<S> = Arc::new(Mutex::new(writer));
+    let (mut reader, writer) = SocketWriter::split(io);
+    let writer: Writer = Arc::new(Mutex::new(writer));
     let mut conn = ServerConnection::new(ServerConfig::default());
     let mut bodies: HashMap<u16, mpsc::Sender<Result<Bytes, BodyError>>> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u16>();

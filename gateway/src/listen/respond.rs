@@ -1,5 +1,6 @@
-//! Writing a WSGI response to a gateway-protocol peer (uwsgi, SCGI): a status line or a
-//! CGI `Status:` header, the headers, the body as it streams; never chunk-encoded.
+//! Writing a WSGI response to a gateway-protocol peer (uwsgi, SCGI; FastCGI frames it in
+//! records): a status line or a CGI `Status:` header, the headers, the body as it streams;
+//! never chunk-encoded.
 
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
@@ -68,14 +69,14 @@ impl SocketWriter {
     /// Sends `len` bytes of `file` from `offset`.
     pub async fn send_file(
         &mut self,
-        file: std::fs::File,
+        file: &std::fs::File,
         offset: u64,
         len: u64,
     ) -> std::io::Result<()> {
         match self {
-            Self::Tcp(w) => sendfile_to(w.as_ref(), &file, offset, len).await,
-            Self::Unix(w) => sendfile_to(w.as_ref(), &file, offset, len).await,
-            Self::Other(_) => write_file(self, file, offset, len).await,
+            Self::Tcp(w) => sendfile_to(w.as_ref(), file, offset, len).await,
+            Self::Unix(w) => sendfile_to(w.as_ref(), file, offset, len).await,
+            Self::Other(_) => write_file(self, file.try_clone()?, offset, len).await,
         }
     }
 }
@@ -259,7 +260,7 @@ pub async fn write_response(
             }
             Ok(BodyChunk::File { file, offset, len }) => {
                 sent += len;
-                w.send_file(file, offset, len).await.is_ok()
+                w.send_file(&file, offset, len).await.is_ok()
             }
             Ok(_) => true,
             Err(e) => {
@@ -335,7 +336,7 @@ mod tests {
         });
         writer.write_all(b"head:").await.unwrap();
         writer
-            .send_file(std::fs::File::open(f.path()).unwrap(), offset, len)
+            .send_file(&std::fs::File::open(f.path()).unwrap(), offset, len)
             .await
             .unwrap();
         writer.shutdown().await.unwrap();
@@ -350,7 +351,7 @@ mod tests {
         let (short, _) = file(100);
         let (mut w2, _r2) = (writer_for_error().await, ());
         let e = w2
-            .send_file(std::fs::File::open(short.path()).unwrap(), 0, 1000)
+            .send_file(&std::fs::File::open(short.path()).unwrap(), 0, 1000)
             .await;
         assert!(e.is_err());
     }

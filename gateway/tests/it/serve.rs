@@ -1012,3 +1012,73 @@ def application(environ, start_response):
         assert!(r.body == data, "{upstream}: the file arrives whole");
     }
 }
+
+/// `wsgi.file_wrapper` on a real file behind nginx's `fastcgi_pass` (unix socket and TCP,
+/// connections kept alive): the file goes out in STDOUT records whose content is sent with
+/// `sendfile`; a size that is not a multiple of 8 ends with a padded record; the
+/// connection stays usable for the next request.
+#[test]
+fn file_wrapper_through_nginx_fastcgi_pass() {
+    let dir = testkit::temp_dir();
+    let d = dir.path();
+    let data: Vec<u8> = (0..3_000_003u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(d.join("big.bin"), &data).unwrap();
+    std::fs::write(
+        d.join("app.py"),
+        r#"
+import os
+def application(environ, start_response):
+    path = os.path.join(os.path.dirname(__file__), "big.bin")
+    if environ.get("QUERY_STRING") == "small":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"small answer"]
+    f = open(path, "rb")
+    start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                              ("Content-Length", str(os.path.getsize(path)))])
+    return environ["wsgi.file_wrapper"](f, 65536)
+"#,
+    )
+    .unwrap();
+    let (t, st) = addr();
+    let gw = gateway(
+        d,
+        &[
+            "--fastcgi-socket",
+            "app.sock",
+            "--fastcgi-socket",
+            &t,
+            "--wsgi-file",
+            "app.py",
+        ],
+        Some(st),
+    );
+    wait_ready(&gw);
+    let unix = format!("unix:{}", d.join("app.sock").display());
+    let (_nginx, front) = nginx_front(
+        d,
+        &format!(
+            " location /u/ {{ include /etc/nginx/fastcgi_params; fastcgi_pass {unix}; fastcgi_keep_conn on; }}\n\
+             location /t/ {{ include /etc/nginx/fastcgi_params; fastcgi_pass {t}; fastcgi_keep_conn on; }}\n"
+        ),
+    );
+    for prefix in ["u", "t"] {
+        for _ in 0..2 {
+            let r = exchange(
+                front,
+                format!("GET /{prefix}/big.bin HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n").as_bytes(),
+            );
+            assert_eq!(r.status, 200, "{prefix}: {}", gw.log());
+            assert_eq!(r.header("content-length"), Some("3000003"), "{prefix}");
+            assert!(r.body == data, "{prefix}: the file arrives whole");
+            let r = exchange(
+                front,
+                format!("GET /{prefix}/x?small HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n").as_bytes(),
+            );
+            assert_eq!(
+                (r.status, r.text().as_str()),
+                (200, "small answer"),
+                "{prefix}"
+            );
+        }
+    }
+}
