@@ -373,6 +373,18 @@ fn cgi_fcgi_against_the_fastcgi_socket() {
     );
 }
 
+/// The echo app (already in `dir`) on `--http` with `/static` mapped to `root`.
+fn static_gateway(dir: &Path, root: &Path) -> (Peer, SocketAddr) {
+    let (a, sa) = addr();
+    let map = format!("/static={}", root.display());
+    let gw = gateway(
+        dir,
+        &["--http", &a, "--wsgi-file", "app.py", "--static-map", &map],
+        Some(sa),
+    );
+    (gw, sa)
+}
+
 /// A static root that is a symlink switched to a new release (a common deployment) is
 /// followed: the opened root is kept for at most a second.
 #[test]
@@ -385,19 +397,7 @@ fn a_switched_root_symlink_is_followed() {
     }
     let current = dir.path().join("current");
     std::os::unix::fs::symlink(dir.path().join("r1"), &current).unwrap();
-    let (a, sa) = addr();
-    let gw = gateway(
-        dir.path(),
-        &[
-            "--http",
-            &a,
-            "--wsgi-file",
-            "app.py",
-            "--static-map",
-            &format!("/static={}", current.display()),
-        ],
-        Some(sa),
-    );
+    let (gw, sa) = static_gateway(dir.path(), &current);
     wait_ready(&gw);
     let get = || {
         exchange(
@@ -430,19 +430,7 @@ fn static_maps() {
     std::fs::write(dir.path().join("secret.txt"), b"SECRET").unwrap();
     std::os::unix::fs::symlink("../../secret.txt", st.join("sub/up.txt")).unwrap();
     std::os::unix::fs::symlink("../style.css", st.join("sub/inside.css")).unwrap();
-    let (a, sa) = addr();
-    let gw = gateway(
-        dir.path(),
-        &[
-            "--http",
-            &a,
-            "--wsgi-file",
-            "app.py",
-            "--static-map",
-            &format!("/static={}", st.display()),
-        ],
-        Some(sa),
-    );
+    let (gw, sa) = static_gateway(dir.path(), &st);
     wait_ready(&gw);
     let get = |path: &str, extra: &str| {
         exchange(
@@ -972,35 +960,7 @@ fn an_unknown_logformat_variable_is_a_clear_error() {
 fn file_wrapper_through_nginx_uwsgi_pass() {
     let dir = testkit::temp_dir();
     let d = dir.path();
-    let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
-    std::fs::write(d.join("big.bin"), &data).unwrap();
-    std::fs::write(
-        d.join("app.py"),
-        r#"
-import os
-def application(environ, start_response):
-    path = os.path.join(os.path.dirname(__file__), "big.bin")
-    f = open(path, "rb")
-    start_response("200 OK", [("Content-Type", "application/octet-stream"),
-                              ("Content-Length", str(os.path.getsize(path)))])
-    return environ["wsgi.file_wrapper"](f, 65536)
-"#,
-    )
-    .unwrap();
-    let (t, st) = addr();
-    let gw = gateway(
-        d,
-        &[
-            "--socket",
-            "app.sock",
-            "--socket",
-            &t,
-            "--wsgi-file",
-            "app.py",
-        ],
-        Some(st),
-    );
-    wait_ready(&gw);
+    let (data, gw, t) = file_wrapper_app(d, 5_000_000, "--socket");
     for upstream in [format!("unix:{}", d.join("app.sock").display()), t] {
         let (_nginx, front) = nginx_uwsgi(d, &upstream);
         let r = exchange(
@@ -1021,38 +981,7 @@ def application(environ, start_response):
 fn file_wrapper_through_nginx_fastcgi_pass() {
     let dir = testkit::temp_dir();
     let d = dir.path();
-    let data: Vec<u8> = (0..3_000_003u32).map(|i| (i % 251) as u8).collect();
-    std::fs::write(d.join("big.bin"), &data).unwrap();
-    std::fs::write(
-        d.join("app.py"),
-        r#"
-import os
-def application(environ, start_response):
-    path = os.path.join(os.path.dirname(__file__), "big.bin")
-    if environ.get("QUERY_STRING") == "small":
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"small answer"]
-    f = open(path, "rb")
-    start_response("200 OK", [("Content-Type", "application/octet-stream"),
-                              ("Content-Length", str(os.path.getsize(path)))])
-    return environ["wsgi.file_wrapper"](f, 65536)
-"#,
-    )
-    .unwrap();
-    let (t, st) = addr();
-    let gw = gateway(
-        d,
-        &[
-            "--fastcgi-socket",
-            "app.sock",
-            "--fastcgi-socket",
-            &t,
-            "--wsgi-file",
-            "app.py",
-        ],
-        Some(st),
-    );
-    wait_ready(&gw);
+    let (data, gw, t) = file_wrapper_app(d, 3_000_003, "--fastcgi-socket");
     let unix = format!("unix:{}", d.join("app.sock").display());
     let (_nginx, front) = nginx_front(
         d,
@@ -1081,4 +1010,36 @@ def application(environ, start_response):
             );
         }
     }
+}
+
+/// Writes a `size`-byte `big.bin` and an app answering it through `wsgi.file_wrapper`
+/// (and `small answer` for the query `small`) into `d`, and serves it on `flag` over
+/// `app.sock` and a TCP address; returns the file's bytes, the gateway and the address.
+fn file_wrapper_app(d: &Path, size: u32, flag: &str) -> (Vec<u8>, Peer, String) {
+    let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+    std::fs::write(d.join("big.bin"), &data).unwrap();
+    std::fs::write(
+        d.join("app.py"),
+        r#"
+import os
+def application(environ, start_response):
+    path = os.path.join(os.path.dirname(__file__), "big.bin")
+    if environ.get("QUERY_STRING") == "small":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"small answer"]
+    f = open(path, "rb")
+    start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                              ("Content-Length", str(os.path.getsize(path)))])
+    return environ["wsgi.file_wrapper"](f, 65536)
+"#,
+    )
+    .unwrap();
+    let (t, st) = addr();
+    let gw = gateway(
+        d,
+        &[flag, "app.sock", flag, &t, "--wsgi-file", "app.py"],
+        Some(st),
+    );
+    wait_ready(&gw);
+    (data, gw, t)
 }
