@@ -53,6 +53,50 @@ fn root_fd(root: &std::path::Path) -> Option<std::sync::Arc<std::os::fd::OwnedFd
     Some(fd)
 }
 
+/// nginx's ETag: `"MTIME-SIZE"` in hex (without the formatting machinery: every static
+/// request makes one).
+fn etag(secs: u64, size: u64) -> String {
+    fn hex(out: &mut String, n: u64) {
+        let digits = if n == 0 {
+            1
+        } else {
+            (64 - n.leading_zeros()).div_ceil(4)
+        };
+        for i in (0..digits).rev() {
+            out.push(char::from(
+                b"0123456789abcdef"[((n >> (4 * i)) & 0xf) as usize],
+            ));
+        }
+    }
+    let mut tag = String::with_capacity(36);
+    tag.push('"');
+    hex(&mut tag, secs);
+    tag.push('-');
+    hex(&mut tag, size);
+    tag.push('"');
+    tag
+}
+
+/// The HTTP date of `secs`, kept per thread for the last time asked (most requests ask for
+/// the same few files).
+fn http_date(secs: u64) -> HeaderValue {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((_, v)) = last.as_ref().filter(|(at, _)| *at == secs) {
+            return v.clone();
+        }
+        let text = httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(secs));
+        let v = HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+            .unwrap_or(HeaderValue::from_static(""));
+        *last = Some((secs, v.clone()));
+        v
+    })
+}
+
 /// What opening a file under a root gave.
 enum Opened {
     File(std::fs::File, std::fs::Metadata),
@@ -328,8 +372,8 @@ pub async fn try_serve_file(
     let size = meta.len();
     let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
     let secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let etag = format!("\"{secs:x}-{size:x}\"");
-    let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(secs));
+    let etag = etag(secs, size);
+    let last_modified = http_date(secs);
     let mut common = HeaderMap::new();
     let content_type = match content_type {
         Some(t) => HeaderValue::from_str(t).ok(),
@@ -341,10 +385,7 @@ pub async fn try_serve_file(
         header::CONTENT_TYPE,
         content_type.unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
-    common.insert(
-        header::LAST_MODIFIED,
-        HeaderValue::from_str(&last_modified).unwrap_or(HeaderValue::from_static("")),
-    );
+    common.insert(header::LAST_MODIFIED, last_modified.clone());
     common.insert(
         header::ETAG,
         HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("")),
@@ -379,7 +420,7 @@ pub async fn try_serve_file(
     let if_range_ok = headers
         .get(header::IF_RANGE)
         .and_then(|v| v.to_str().ok())
-        .is_none_or(|v| v == etag || v == last_modified);
+        .is_none_or(|v| v == etag || v.as_bytes() == last_modified.as_bytes());
     let range = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
@@ -422,6 +463,17 @@ pub async fn try_serve_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn etags_and_dates() {
+        for (secs, size) in [(0, 0), (1, 15), (0x6553_f100, 4096), (u64::MAX, 1 << 40)] {
+            assert_eq!(etag(secs, size), format!("\"{secs:x}-{size:x}\""));
+        }
+        for secs in [0, 1_700_000_000, 1_700_000_000, 1_700_000_001] {
+            let want = httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(secs));
+            assert_eq!(http_date(secs).to_str().unwrap(), want);
+        }
+    }
 
     #[test]
     fn beneath_is_the_path_under_the_root() {
