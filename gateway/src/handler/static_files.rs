@@ -106,9 +106,6 @@ enum Opened {
     Outside(PathBuf),
 }
 
-/// Opens `file` (a path under `root`) for reading without leaving `root`: one `openat2`
-/// with `RESOLVE_BENEATH` from the root (Linux 5.6+), so neither `..` nor a symlink can
-/// lead out; on older kernels, the canonical paths are compared. A directory is missing.
 /// `file` relative to `root` when it is written under it (a byte comparison: the paths
 /// are made by joining, and component-wise comparison costs more than the open).
 fn beneath<'a>(root: &std::path::Path, file: &'a std::path::Path) -> Option<&'a std::path::Path> {
@@ -128,6 +125,10 @@ fn beneath<'a>(root: &std::path::Path, file: &'a std::path::Path) -> Option<&'a 
     Some(std::path::Path::new(std::ffi::OsStr::from_bytes(rel)))
 }
 
+/// Opens `file` (a path under `root`) for reading without leaving `root`: one `openat2`
+/// with `RESOLVE_BENEATH` from the root (Linux 5.6+), so neither `..` nor a symlink can
+/// lead out; on older kernels, the canonical paths are compared. A directory is reported
+/// as one (for an index file or a redirect), anything else that is not a file as missing.
 fn open_beneath(root: &std::path::Path, file: &std::path::Path) -> Opened {
     use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
     let regular = |f: std::fs::File| match f.metadata() {
@@ -327,7 +328,8 @@ pub async fn try_serve_file(
 ) -> Result<Response<Body>, FileMiss> {
     // Opened, checked and (when small) read right here, as nginx does: on a local file
     // system these are page-cache operations of a few µs, cheaper than a trip to a
-    // blocking thread. Larger files are read in blocks off the async threads.
+    // blocking thread. Larger files are read in blocks as the client takes them
+    // ([`Body::file`]).
     let plain_get = method == Method::GET
         && ![
             header::RANGE,
