@@ -58,8 +58,13 @@ impl Body {
     }
 }
 
-/// The next block of a file region (`left > 0`).
-fn read_block(file: &std::fs::File, at: &mut u64, left: &mut u64) -> std::io::Result<Bytes> {
+/// The next block (up to 256 KiB) of a file region (`left > 0`), read on the calling
+/// thread into memory that is not zeroed first; a file shorter than announced is an error.
+pub(crate) fn read_block(
+    file: &std::fs::File,
+    at: &mut u64,
+    left: &mut u64,
+) -> std::io::Result<Bytes> {
     let want = usize::try_from(*left).map_or(BLOCK, |n| n.min(BLOCK));
     let mut buf = Vec::with_capacity(want);
     let n = loop {

@@ -2,7 +2,6 @@
 //! records): a status line or a CGI `Status:` header, the headers, the body as it streams;
 //! never chunk-encoded.
 
-use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -76,7 +75,7 @@ impl SocketWriter {
         match self {
             Self::Tcp(w) => sendfile_to(w.as_ref(), file, offset, len).await,
             Self::Unix(w) => sendfile_to(w.as_ref(), file, offset, len).await,
-            Self::Other(_) => write_file(self, file.try_clone()?, offset, len).await,
+            Self::Other(_) => write_file(self, file, offset, len).await,
         }
     }
 }
@@ -199,42 +198,17 @@ pub fn head_bytes(response: &WsgiResponse, style: HeadStyle<'_>) -> BytesMut {
     out
 }
 
-/// Reads up to 256 KiB of `file` at `at` (of `end`), off the async threads.
-pub(crate) async fn file_block(
-    file: &std::sync::Arc<std::fs::File>,
-    at: u64,
-    end: u64,
-) -> std::io::Result<Vec<u8>> {
-    let want = usize::try_from(end - at).map_or(256 * 1024, |n| n.min(256 * 1024));
-    let f = file.clone();
-    let block = tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; want];
-        let n = f.read_at(&mut buf, at)?;
-        buf.truncate(n);
-        Ok::<_, std::io::Error>(buf)
-    })
-    .await
-    .map_err(std::io::Error::other)??;
-    if block.is_empty() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "file shorter than announced",
-        ));
-    }
-    Ok(block)
-}
-
+/// `len` bytes of `file` from `offset`, written in blocks (for streams `sendfile` cannot
+/// write to).
 async fn write_file<W: AsyncWrite + Unpin>(
     w: &mut W,
-    file: std::fs::File,
+    file: &std::fs::File,
     offset: u64,
     len: u64,
 ) -> std::io::Result<()> {
-    let file = std::sync::Arc::new(file);
-    let (mut at, end) = (offset, offset + len);
-    while at < end {
-        let block = file_block(&file, at, end).await?;
-        at += block.len() as u64;
+    let (mut at, mut left) = (offset, len);
+    while left > 0 {
+        let block = crate::handler::body::read_block(file, &mut at, &mut left)?;
         w.write_all(&block).await?;
     }
     Ok(())
