@@ -396,7 +396,7 @@ impl Pass {
             builder = builder.local(l);
         }
         if let Some(host) = parts.headers.get(http::header::HOST) {
-            let name = host_without_port(host.as_bytes());
+            let name = crate::site::vars::bytes_without_port(host.as_bytes());
             builder = builder.server_name(Bytes::copy_from_slice(name));
         }
         let mut env = match builder.build(&head) {
@@ -961,12 +961,4 @@ impl http_body::Body for PassBody {
 fn has_body(parts: &http::request::Parts) -> bool {
     parts.headers.contains_key(http::header::CONTENT_LENGTH)
         || parts.headers.contains_key(http::header::TRANSFER_ENCODING)
-}
-
-/// The host without its port (`[::1]:80` keeps its brackets).
-fn host_without_port(host: &[u8]) -> &[u8] {
-    match host.iter().rposition(|&b| b == b':') {
-        Some(i) if !host[i..].contains(&b']') => &host[..i],
-        _ => host,
-    }
 }

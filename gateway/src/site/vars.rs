@@ -172,8 +172,14 @@ impl RequestVars<'_> {
 /// A Host header without its port (`example.com:8080` → `example.com`, `[::1]:80` →
 /// `[::1]`), as nginx reads it for `$host` and server names.
 pub(crate) fn without_port(host: &str) -> &str {
-    match host.rfind(':') {
-        Some(i) if !host[i..].contains(']') => &host[..i],
+    // The cut is at an ASCII `:`, so the rest is still UTF-8.
+    &host[..bytes_without_port(host.as_bytes()).len()]
+}
+
+/// [`without_port`] on the header's bytes (a Host value need not be UTF-8).
+pub(crate) fn bytes_without_port(host: &[u8]) -> &[u8] {
+    match host.iter().rposition(|&b| b == b':') {
+        Some(i) if !host[i..].contains(&b']') => &host[..i],
         _ => host,
     }
 }
