@@ -158,23 +158,39 @@ impl Default for Settings {
 #[derive(Debug, Clone)]
 struct Return {
     code: u16,
-    arg: Option<String>,
-    /// The text when it holds no variable (sent without a copy).
-    fixed: Option<Bytes>,
+    arg: Option<Value>,
 }
 
 /// A `*_param` line of a pass, ready for requests.
 #[derive(Debug, Clone)]
 struct PassParam {
     name: Bytes,
-    value: ParamValue,
+    value: Value,
 }
 
-/// A param's value: fixed when it names no variable of the request.
+/// A directive's value: ready-made when it names no variable of the request, else
+/// expanded for each request.
 #[derive(Debug, Clone)]
-enum ParamValue {
+enum Value {
     Fixed(Bytes),
     Template(String),
+}
+
+impl Value {
+    fn new(text: String) -> Self {
+        if text.contains('$') {
+            Self::Template(text)
+        } else {
+            Self::Fixed(Bytes::from(text))
+        }
+    }
+
+    fn expand(&self, vars: &RequestVars<'_>) -> Bytes {
+        match self {
+            Self::Fixed(v) => v.clone(),
+            Self::Template(t) => Bytes::from(vars.expand(t)),
+        }
+    }
 }
 
 /// A location's own `*_param NAME VALUE` lines (values with nginx variables).
@@ -398,11 +414,10 @@ fn setting(d: &Directive, s: &mut Settings) -> Result<bool, NginxError> {
                 (None, [url]) if url.starts_with("http") => (302, Some(url.clone())),
                 _ => return Err(err(d, "invalid return code or arguments")),
             };
-            let fixed = arg
-                .as_ref()
-                .filter(|a| !a.contains('$'))
-                .map(|a| Bytes::from(a.clone()));
-            s.ret = Some(Return { code, arg, fixed });
+            s.ret = Some(Return {
+                code,
+                arg: arg.map(Value::new),
+            });
         }
         _ => return Ok(false),
     }
@@ -869,17 +884,14 @@ impl Reader<'_> {
                 .unwrap_or_default();
             let params = params
                 .into_iter()
-                .map(|(k, v)| {
-                    let v = v.replace("${document_root}", "$document_root");
-                    let value = if v.contains('$') && v != "$document_root" {
-                        ParamValue::Template(v)
-                    } else {
-                        ParamValue::Fixed(Bytes::from(v.replace("$document_root", &root)))
-                    };
-                    PassParam {
-                        name: Bytes::from(k),
-                        value,
-                    }
+                .map(|(k, v)| PassParam {
+                    name: Bytes::from(k),
+                    value: match v.as_str() {
+                        "$document_root" | "${document_root}" => {
+                            Value::Fixed(Bytes::from(root.clone()))
+                        }
+                        _ => Value::new(v),
+                    },
                 })
                 .collect();
             pass = Some((
@@ -1392,13 +1404,7 @@ impl Site {
                 let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
                 let extra: Vec<(Bytes, Bytes)> = params
                     .iter()
-                    .map(|p| {
-                        let value = match &p.value {
-                            ParamValue::Fixed(v) => v.clone(),
-                            ParamValue::Template(t) => Bytes::from(vars.expand(t)),
-                        };
-                        (p.name.clone(), value)
-                    })
+                    .map(|p| (p.name.clone(), p.value.expand(&vars)))
                     .collect();
                 return Box::pin(pass.handle_with(req, conn, &extra)).await;
             }
@@ -1581,17 +1587,13 @@ fn returned(
     match &ret.arg {
         Some(a) if redirect => {
             let mut r = error_page(status);
-            if let Ok(v) = HeaderValue::from_str(&vars.expand(a)) {
+            if let Ok(v) = HeaderValue::from_maybe_shared(a.expand(vars)) {
                 r.headers_mut().insert(header::LOCATION, v);
             }
             r
         }
         Some(text) => {
-            let body = match &ret.fixed {
-                Some(fixed) => Body::full(fixed.clone()),
-                None => Body::full(vars.expand(text)),
-            };
-            let mut r = http::Response::new(body);
+            let mut r = http::Response::new(Body::full(text.expand(vars)));
             *r.status_mut() = status;
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, default_type.clone());
