@@ -125,10 +125,7 @@ impl RequestHead {
                 .map(|(n, v)| n.as_str().len() + v.len())
                 .sum::<usize>();
         let mut arena = BytesMut::with_capacity(size);
-        let mut take = |b: &[u8]| {
-            arena.put_slice(b);
-            arena.split().freeze()
-        };
+        let mut take = |b: &[u8]| made(&mut arena, |a| a.put_slice(b));
         let method = match parts.method {
             http::Method::GET => Bytes::from_static(b"GET"),
             http::Method::POST => Bytes::from_static(b"POST"),
