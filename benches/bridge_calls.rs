@@ -12,7 +12,7 @@ use wsgi_host::{AppSpec, HostOptions, WsgiHost, WsgiRequest};
 
 /// The allocator the `gateway` binary ships with, so the counts are the binary's.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: gateway::alloc::Allocator = gateway::alloc::Allocator;
 
 fn main() {
     let mut args = std::env::args().skip(1);

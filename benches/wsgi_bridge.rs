@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 /// The allocator the `gateway` binary ships with, so the figures are the binary's.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: gateway::alloc::Allocator = gateway::alloc::Allocator;
 
 use cgi_family::{Env, EnvBuilder, Flavor, RequestHead};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};

@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         },
         statics: Arc::new(gateway::handler::StaticFiles::new(Vec::new())),
         limit_post: None,
+        head_timeout: std::time::Duration::from_secs(30),
     });
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let shutdown = tokio_util::sync::CancellationToken::new();

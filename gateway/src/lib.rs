@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod alloc;
 pub mod config;
 pub mod handler;
 pub mod listen;

@@ -2,11 +2,10 @@
 
 use std::process::ExitCode;
 
-/// mimalloc serves the many small, short-lived allocations of a request (header maps,
-/// futures, buffers) in a fraction of glibc's time; Python keeps its own allocator. Built
-/// without transparent huge pages, which cost each worker about 9 MB of resident memory.
+/// mimalloc, called so that its fast paths serve the request's small allocations (see
+/// [`gateway::alloc`]).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: gateway::alloc::Allocator = gateway::alloc::Allocator;
 
 fn main() -> ExitCode {
     let (options, warnings) = match gateway::config::parse(std::env::args()) {

@@ -200,6 +200,7 @@ impl Stack {
             .collect::<Result<Vec<_>, _>>()
             .map_err(anyhow::Error::msg)?;
         let statics = Arc::new(StaticFiles::new(statics));
+        let head_timeout = Duration::from_secs(o.socket_timeout.max(1));
         let app = host.as_ref().map(|host| {
             Arc::new(HttpApp {
                 backend: Backend::Wsgi(
@@ -207,6 +208,7 @@ impl Stack {
                 ),
                 statics: statics.clone(),
                 limit_post: o.limit_post,
+                head_timeout,
             })
         });
         let front = front(o)?.map(|pass| {
@@ -214,6 +216,7 @@ impl Stack {
                 backend: Backend::Pass(pass),
                 statics: statics.clone(),
                 limit_post: o.limit_post,
+                head_timeout,
             })
         });
         let site = match load_site(o)? {
@@ -232,6 +235,7 @@ impl Stack {
                             },
                             statics: Arc::new(StaticFiles::new(Vec::new())),
                             limit_post: None,
+                            head_timeout,
                         })
                     })
                     .collect()
@@ -245,7 +249,7 @@ impl Stack {
                     .max_body(o.limit_post),
                 buffer_size: o.buffer_size,
                 limit_post: o.limit_post,
-                head_timeout: Duration::from_secs(o.socket_timeout.max(1)),
+                head_timeout,
             },
             host,
             app,

@@ -108,7 +108,8 @@ pub struct Options {
     /// called, so slow uploads never hold a Python thread (uWSGI's default is 0).
     #[arg(long, value_name = "BYTES", default_value_t = wsgi_host::DEFAULT_POST_BUFFERING)]
     pub post_buffering: u64,
-    /// Seconds a gateway-protocol peer may take to send a whole request head (slowloris).
+    /// Seconds a peer may take to send a whole request head, and an HTTP client to start its
+    /// next request on a kept-alive connection (slowloris).
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub socket_timeout: u64,
     /// Serve a directory at a URL prefix: /url=DIR (several allowed).

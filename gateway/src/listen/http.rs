@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use wsgi_host::WsgiService;
@@ -43,6 +43,10 @@ pub struct HttpApp {
     pub statics: Arc<StaticFiles>,
     /// The largest body accepted (`--limit-post`): 413 before reading it.
     pub limit_post: Option<u64>,
+    /// How long a client may take to send a request head, the wait for the next request
+    /// of a kept-alive connection included (`--socket-timeout`): slow clients cannot pin
+    /// connections.
+    pub head_timeout: Duration,
 }
 
 struct PerConnection {
@@ -160,9 +164,8 @@ pub async fn serve_connection_until<S>(
     let first = Arc::new((AtomicBool::new(false), Notify::new()));
     let conn = http1::Builder::new()
         .keep_alive(true)
-        .timer(TokioTimer::new())
-        // Slow clients cannot pin a connection forever while sending the head.
-        .header_read_timeout(Duration::from_secs(30))
+        .timer(super::timer::ConnTimer::default())
+        .header_read_timeout(app.head_timeout)
         .serve_connection(
             TokioIo::new(io),
             PerConnection {
@@ -209,8 +212,8 @@ pub async fn serve_tls_connection_until<S>(
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .timer(super::timer::ConnTimer::default())
+        .header_read_timeout(app.head_timeout);
     let conn = builder.serve_connection(
         TokioIo::new(stream),
         PerConnection {

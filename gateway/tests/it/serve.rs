@@ -665,6 +665,68 @@ fn bad_input_on_every_listener_disturbs_nothing_else() {
         "{out}"
     );
 
+    // HTTP: a head that never ends, and a kept-alive connection that never sends its next
+    // request, are closed after --socket-timeout (1 s here), while requests that keep
+    // coming on another connection are served past it.
+    let slow = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(sh).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(
+        !String::from_utf8_lossy(&got).contains(" 200 "),
+        "no answer to half a head"
+    );
+    let took = slow.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "a half head is cut after --socket-timeout, took {took:?}"
+    );
+    let mut idle = std::net::TcpStream::connect(sh).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut busy = std::net::TcpStream::connect(sh).unwrap();
+    busy.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let ask = b"GET /k HTTP/1.1\r\nHost: t\r\n\r\n";
+    let answer = |s: &mut std::net::TcpStream| {
+        s.write_all(ask).unwrap();
+        let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
+        // The whole response (its Content-Length), so nothing is left unread.
+        let whole = |got: &[u8]| {
+            let text = String::from_utf8_lossy(got);
+            text.find("\r\n\r\n").is_some_and(|end| {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(str::to_owned)
+                    })
+                    .and_then(|n| n.trim().parse::<usize>().ok());
+                length.is_some_and(|n| got.len() >= end + 4 + n)
+            })
+        };
+        while !whole(&got) {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    };
+    answer(&mut idle);
+    let since = std::time::Instant::now();
+    while since.elapsed() < Duration::from_millis(2500) {
+        answer(&mut busy); // one request every 100 ms: never idle for the timeout
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        idle.read(&mut buf).unwrap_or(0),
+        0,
+        "the idle connection is closed"
+    );
+    answer(&mut busy);
+
     // FastCGI: a bogus version closes that connection only.
     assert!(probe(sf, &[9u8, 1, 0, 1, 0, 8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]).is_empty());
     // SCGI: a bad netstring, and a header without SCGI=1.
