@@ -14,15 +14,23 @@ use crate::respond::{ErrorStream, FileWrapper};
 pub(crate) struct Statics {
     version: Py<PyTuple>,
     file_wrapper: Py<PyType>,
-    /// The common names by length, then in order: a length switch and a compare or two.
-    keys: Vec<Vec<(&'static [u8], Py<PyString>)>>,
+    /// The common names: their interned strings and what the environ does with them,
+    /// found with one hash lookup.
+    keys: KeyTable,
     /// The environ every request copies (made on first use, with the host's options).
-    template: pyo3::sync::PyOnceLock<Py<PyDict>>,
+    template: pyo3::sync::PyOnceLock<std::sync::Mutex<Template>>,
     /// `wsgi.errors`, one per thread (it only carries the current request id).
     errors: pyo3::sync::PyOnceLock<Py<ErrorStream>>,
     /// Short values seen before (methods, protocols, host names, user agents, ...).
     values: std::sync::Mutex<rustc_hash::FxHashMap<bytes::Bytes, Py<PyString>>>,
 }
+
+/// Common name -> its interned string, its role, its template slot.
+type KeyTable = std::collections::HashMap<
+    &'static [u8],
+    (Py<PyString>, Role, Option<u8>),
+    std::hash::BuildHasherDefault<NameHasher>,
+>;
 
 type ValueCache<'a> =
     Option<std::sync::MutexGuard<'a, rustc_hash::FxHashMap<bytes::Bytes, Py<PyString>>>>;
@@ -52,31 +60,45 @@ impl Statics {
         Ok(Self {
             version: PyTuple::new(py, [1, 0])?.unbind(),
             file_wrapper: py.get_type::<FileWrapper>().unbind(),
-            keys: {
-                let mut by_len: Vec<Vec<(&'static [u8], Py<PyString>)>> = Vec::new();
-                for k in COMMON_KEYS {
-                    if by_len.len() <= k.len() {
-                        by_len.resize_with(k.len() + 1, Vec::new);
-                    }
-                    by_len[k.len()].push((k.as_bytes(), PyString::intern(py, k).unbind()));
-                }
-                by_len
-            },
+            keys: COMMON_KEYS
+                .iter()
+                .map(|&k| {
+                    let role = match k {
+                        "HTTP_CONTENT_TYPE" | "HTTP_CONTENT_LENGTH" => Role::Skip,
+                        "SERVER_NAME" => Role::ServerName,
+                        "SERVER_PORT" => Role::ServerPort,
+                        "HTTP_HOST" => Role::Host,
+                        "HTTPS" => Role::Https,
+                        "REMOTE_ADDR" => Role::RemoteAddr,
+                        "HTTP_X_FORWARDED_PROTO" => Role::ForwardedProto,
+                        "SCRIPT_NAME" => Role::ScriptName,
+                        "CONTENT_LENGTH" => Role::ContentLength,
+                        _ => Role::Plain,
+                    };
+                    let slot = TEMPLATE_CGI.iter().position(|&t| t == k);
+                    let slot = slot.and_then(|i| u8::try_from(i).ok());
+                    (k.as_bytes(), (PyString::intern(py, k).unbind(), role, slot))
+                })
+                .collect(),
             values: std::sync::Mutex::default(),
             template: pyo3::sync::PyOnceLock::new(),
             errors: pyo3::sync::PyOnceLock::new(),
         })
     }
 
-    /// The template environ (see [`template`]).
-    pub(crate) fn template<'py>(
+    /// The template environ (see [`Template`]), locked for one request.
+    fn template(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         opts: &HostOptions,
-    ) -> PyResult<Bound<'py, PyDict>> {
-        self.template
-            .get_or_try_init(py, || template(py, self, opts).map(Bound::unbind))
-            .map(|t| t.bind(py).clone())
+    ) -> PyResult<std::sync::MutexGuard<'_, Template>> {
+        let t = self.template.get_or_try_init(py, || {
+            Ok::<_, PyErr>(std::sync::Mutex::new(Template {
+                dict: template(py, self, opts)?.unbind(),
+                last: Default::default(),
+            }))
+        })?;
+        Ok(t.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// `wsgi.errors`, set to log with `request_id`.
@@ -108,23 +130,73 @@ impl Statics {
         self.values.lock().ok()
     }
 
-    /// The key as a Python string: interned for the common names, else cached.
+    /// The key as a Python string (interned for the common names, else cached) and its
+    /// role in the environ.
     fn key<'py>(
         &self,
         py: Python<'py>,
         k: &[u8],
         cache: &mut ValueCache<'_>,
-    ) -> Bound<'py, PyString> {
-        let common = self
-            .keys
-            .get(k.len())
-            .and_then(|same_len| same_len.iter().find(|(name, _)| *name == k));
-        match common {
-            Some((_, s)) => s.bind(py).clone(),
+    ) -> (Bound<'py, PyString>, Role, Option<u8>) {
+        match self.keys.get(k) {
+            Some((s, role, slot)) => (s.bind(py).clone(), *role, *slot),
             // Other names (custom headers) are cached like short values: a reused string
             // also keeps its hash, so the dict does not hash it again.
-            None => cached(py, k, cache),
+            None => (cached(py, k, cache), Role::Plain, None),
         }
+    }
+}
+
+/// What building the environ does with a variable besides storing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Stored as it is.
+    Plain,
+    /// Left out: the duplicates nginx adds of CONTENT_TYPE and CONTENT_LENGTH
+    /// (wsgiref.validate forbids them).
+    Skip,
+    ServerName,
+    ServerPort,
+    Host,
+    Https,
+    RemoteAddr,
+    ForwardedProto,
+    /// Left out when it is "/" (WSGI: "" at the root).
+    ScriptName,
+    /// Also gives the body's length.
+    ContentLength,
+}
+
+/// The hash of [`Statics::keys`]: a variable name's length and its first and last eight
+/// bytes (which tell every common name apart), mixed by one multiplication. A general
+/// hash of the whole name cost about a hundred instructions per lookup, the lookup about
+/// a tenth of the bridge's time.
+#[derive(Default)]
+struct NameHasher(u64);
+
+impl std::hash::Hasher for NameHasher {
+    fn write(&mut self, b: &[u8]) {
+        let word = |s: &[u8]| {
+            let mut w = [0u8; 8];
+            w[..s.len()].copy_from_slice(s);
+            u64::from_le_bytes(w)
+        };
+        let n = b.len();
+        let (head, tail) = if n >= 8 {
+            (word(&b[..8]), word(&b[n - 8..]))
+        } else {
+            (word(b), 0)
+        };
+        self.0 = (self.0 ^ head).rotate_left(23) ^ tail;
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.0 ^= n as u64;
+    }
+
+    fn finish(&self) -> u64 {
+        let m = u128::from(self.0) * 0x9E37_79B9_7F4A_7C15;
+        (m as u64) ^ ((m >> 64) as u64)
     }
 }
 
@@ -142,7 +214,7 @@ pub(crate) fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
 
 /// The names nearly every request carries: their Python strings are interned once per
 /// thread and found by length and bytes instead of being built per request.
-const COMMON_KEYS: [&str; 49] = [
+const COMMON_KEYS: [&str; 51] = [
     "REQUEST_METHOD",
     "SCRIPT_NAME",
     "PATH_INFO",
@@ -192,11 +264,25 @@ const COMMON_KEYS: [&str; 49] = [
     "HTTP_TRANSFER_ENCODING",
     "HTTP_EXPECT",
     "HTTP_DNT",
+    "HTTP_CONTENT_TYPE",
+    "HTTP_CONTENT_LENGTH",
 ];
 
-/// CGI variables every gateway flavor sends; the template environ has them (empty), so a
-/// request's environ is a copy of an already-sized dict whose common keys only get new
-/// values (CGI: an empty value is the same as an absent variable).
+/// The environ every request copies: the `wsgi.*` keys, and the CGI variables every
+/// gateway flavor sends (CGI: an empty value is the same as an absent variable) holding
+/// the values the previous request on this thread gave them. Consecutive requests mostly
+/// share those (method, protocol, server name and port, scheme, the proxy's address,
+/// empty content type and length), so a request only stores the ones that differ, into
+/// the template, before copying it; a variable the request lacks is emptied again. The
+/// dict itself is never handed out.
+pub(crate) struct Template {
+    dict: Py<PyDict>,
+    /// The bytes each slot of [`TEMPLATE_CGI`] holds now (kept here, not as slices of
+    /// an old request's buffer).
+    last: [Vec<u8>; TEMPLATE_CGI.len()],
+}
+
+/// CGI variables every gateway flavor sends: the slots of [`Template`].
 const TEMPLATE_CGI: [&str; 14] = [
     "REQUEST_METHOD",
     "SCRIPT_NAME",
@@ -224,7 +310,7 @@ pub(crate) fn template<'py>(
     let empty = intern!(py, "");
     let mut cache = statics.values();
     for k in TEMPLATE_CGI {
-        d.set_item(statics.key(py, k.as_bytes(), &mut cache), empty)?;
+        d.set_item(statics.key(py, k.as_bytes(), &mut cache).0, empty)?;
     }
     drop(cache);
     d.set_item(intern!(py, "wsgi.version"), statics.version.bind(py))?;
@@ -257,14 +343,18 @@ pub(crate) fn template<'py>(
 pub(crate) fn build<'py>(
     py: Python<'py>,
     statics: &Statics,
-    template: &Bound<'py, PyDict>,
     env: &Env,
     https: bool,
     opts: &HostOptions,
     errors: Bound<'py, ErrorStream>,
 ) -> PyResult<(Bound<'py, PyDict>, Option<u64>)> {
-    let d = template.copy()?;
+    let mut template = statics.template(py, opts)?;
+    let Template { dict, last } = &mut *template;
+    let t = dict.bind(py);
     let mut cache = statics.values();
+    // Template slots this request set, and the variables that go into the copy.
+    let mut seen = 0u32;
+    let mut rest: Vec<(Bound<'py, PyString>, &[u8], &[u8])> = Vec::new();
     let mut content_length = None;
     let (mut server_name, mut server_port, mut host): (&[u8], &[u8], &[u8]) =
         (b"", b"", b"localhost");
@@ -272,25 +362,49 @@ pub(crate) fn build<'py>(
         (b"", b"", b"");
     for (k, v) in env.pairs() {
         let k = &k[..];
-        match k {
-            // The duplicates nginx adds (wsgiref.validate forbids them).
-            b"HTTP_CONTENT_TYPE" | b"HTTP_CONTENT_LENGTH" => continue,
-            b"SERVER_NAME" => server_name = v,
-            b"SERVER_PORT" => server_port = v,
-            b"HTTP_HOST" => host = v,
-            b"HTTPS" => https_var = v,
-            b"REMOTE_ADDR" => remote_addr = v,
-            b"HTTP_X_FORWARDED_PROTO" => forwarded_proto = v,
-            b"SCRIPT_NAME" if &v[..] == b"/" => continue, // WSGI: "" at the root
-            b"CONTENT_LENGTH" => {
+        let (py_key, role, slot) = statics.key(py, k, &mut cache);
+        match role {
+            Role::Plain => {}
+            Role::Skip => continue,
+            Role::ServerName => server_name = v,
+            Role::ServerPort => server_port = v,
+            Role::Host => host = v,
+            Role::Https => https_var = v,
+            Role::RemoteAddr => remote_addr = v,
+            Role::ForwardedProto => forwarded_proto = v,
+            Role::ScriptName if &v[..] == b"/" => continue,
+            Role::ScriptName => {}
+            Role::ContentLength => {
                 content_length = std::str::from_utf8(v)
                     .ok()
                     .and_then(|n| n.parse::<u64>().ok());
             }
-            _ => {}
         }
+        match slot.map(|i| (usize::from(i), 1u32 << i)) {
+            // A template variable, the first time in this request.
+            Some((i, bit)) if seen & bit == 0 => {
+                seen |= bit;
+                if last[i] != v[..] {
+                    t.set_item(&py_key, cached(py, v, &mut cache))?;
+                    last[i].clear();
+                    last[i].extend_from_slice(v);
+                }
+            }
+            _ => rest.push((py_key, k, v)),
+        }
+    }
+    // The template variables this request lacks are empty again.
+    for (i, held) in last.iter_mut().enumerate() {
+        if seen & (1 << i) == 0 && !held.is_empty() {
+            let (key, _, _) = statics.key(py, TEMPLATE_CGI[i].as_bytes(), &mut cache);
+            t.set_item(key, intern!(py, ""))?;
+            held.clear();
+        }
+    }
+    let d = t.copy()?;
+    drop(template);
+    for (py_key, k, v) in rest {
         let before = d.len();
-        let py_key = statics.key(py, k, &mut cache);
         d.set_item(&py_key, cached(py, v, &mut cache))?;
         if d.len() == before && k.starts_with(b"HTTP_") {
             // A repeated header (nginx 1.22 sends one var per line): join the values

@@ -180,11 +180,19 @@ fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<(u16, String)> {
     let s = status
         .cast::<PyString>()
         .map_err(|_| PyTypeError::new_err("status must be a str"))?;
-    let raw = latin1_bytes(s, "status")?;
+    // An ASCII status (all but certain) is read in place, without a copy.
+    let text = s.to_str()?;
+    let owned;
+    let raw: &[u8] = if text.is_ascii() {
+        text.as_bytes()
+    } else {
+        owned = latin1_bytes(s, "status")?;
+        &owned
+    };
     let bad = || {
         PyValueError::new_err(format!(
             "malformed status {:?}",
-            String::from_utf8_lossy(&raw)
+            String::from_utf8_lossy(raw)
         ))
     };
     if raw.len() < 3 || !raw[..3].iter().all(u8::is_ascii_digit) || raw[0] == b'0' {
@@ -199,10 +207,11 @@ fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<(u16, String)> {
     let code = raw[..3]
         .iter()
         .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
-    let reason = raw
-        .get(4..)
-        .map(|r| r.iter().map(|&b| char::from(b)).collect())
-        .unwrap_or_default();
+    let reason = match raw.get(4..) {
+        Some(r) if r.is_ascii() => text[4..].to_owned(),
+        Some(r) => r.iter().map(|&b| char::from(b)).collect(),
+        None => String::new(),
+    };
     Ok((code, reason))
 }
 

@@ -391,11 +391,9 @@ fn handle(
     }
     let objects = (|| -> PyResult<_> {
         let errors = statics.errors(py, id)?;
-        let template = statics.template(py, opts)?;
         let (environ, content_length) = environ::build(
             py,
             statics,
-            &template,
             &request.env,
             request.https,
             opts,

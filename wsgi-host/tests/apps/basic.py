@@ -246,3 +246,15 @@ def misbehave(environ, start_response):
         return [threading.current_thread().name.encode()]
     _plain(start_response)
     return [b"ok"]
+
+
+def environ_mutate(environ, start_response):
+    """Dumps the CGI variables, then changes the environ the way apps do (later
+    requests must see none of it)."""
+    keys = sorted(k for k in environ if not k.startswith("wsgi."))
+    out = "".join("%s=%s\n" % (k, environ[k]) for k in keys)
+    environ["QUERY_STRING"] = "mutated"
+    environ["CONTENT_TYPE"] = "mutated"
+    environ["MUTATED"] = "yes"
+    _plain(start_response)
+    return [out.encode("latin-1")]

@@ -149,3 +149,59 @@ async fn post_with_a_streamed_body() {
     let r = post(&h, "/again", b"").await;
     assert_eq!(r.head.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_environs_share_nothing_stale() {
+    // One thread: every request starts from the same template, which keeps the previous
+    // request's values of the CGI variables. A request lacking them must not see them,
+    // and an app's changes to its environ must not reach the next request.
+    let h = host("environ_mutate", 1);
+    let full = head(
+        "POST",
+        "/f?a=1",
+        &[("Content-Type", "text/x"), ("Content-Length", "3")],
+    );
+    let first = send(&h, &full, RequestBody::Full("abc".into())).await;
+    assert_eq!(first.head.status, 200, "{}", first.text());
+    for line in [
+        "CONTENT_LENGTH=3\n",
+        "CONTENT_TYPE=text/x\n",
+        "QUERY_STRING=a=1\n",
+        "REQUEST_METHOD=POST\n",
+        "REMOTE_ADDR=127.0.0.1\n",
+    ] {
+        assert!(first.text().contains(line), "{line:?} in\n{}", first.text());
+    }
+    let mut bare = cgi_family::Env::with_capacity(5);
+    for (k, v) in [
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", "/m"),
+        ("SERVER_NAME", "s"),
+        ("SERVER_PORT", "81"),
+        ("SERVER_PROTOCOL", "HTTP/1.0"),
+    ] {
+        bare.push(k, v);
+    }
+    let mut r = h
+        .call(wsgi_host::WsgiRequest::new(bare))
+        .await
+        .expect("taken");
+    let mut second = Vec::new();
+    while let Some(Ok(wsgi_host::BodyChunk::Data(d))) = r.body.recv().await {
+        second.extend_from_slice(&d);
+    }
+    let second = String::from_utf8(second).unwrap();
+    assert_eq!(
+        second,
+        "CONTENT_LENGTH=\nCONTENT_TYPE=\nDOCUMENT_ROOT=\nPATH_INFO=/m\nQUERY_STRING=\n\
+         REMOTE_ADDR=\nREMOTE_PORT=\nREQUEST_METHOD=GET\nREQUEST_SCHEME=\nREQUEST_URI=\n\
+         SCRIPT_NAME=\nSERVER_NAME=s\nSERVER_PORT=81\nSERVER_PROTOCOL=HTTP/1.0\n",
+        "nothing of the first request, nothing the app changed"
+    );
+    let third = send(&h, &full, RequestBody::Full("abc".into())).await;
+    assert_eq!(
+        third.text(),
+        first.text(),
+        "the first request's values again"
+    );
+}
