@@ -50,7 +50,7 @@ mod response;
 mod runner;
 pub mod scgi;
 
-pub use env::{Env, EnvBuilder, Flavor, PathError, RequestHead, names, normalize_path};
+pub use env::{AddrText, Env, EnvBuilder, Flavor, PathError, RequestHead, names, normalize_path};
 pub use response::{
     CgiResponse, HeadOptions, ResponseError, ResponseHeadDecoder, ResponseKind, StatusLine,
     parse_response_head,

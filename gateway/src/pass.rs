@@ -48,15 +48,48 @@ pub enum Protocol {
     FastCgi,
 }
 
-/// The connection a request came on.
+/// The connection a request came on: made once per connection, with its addresses
+/// written out once for the envs of all its requests.
 #[derive(Debug, Clone, Default)]
 pub struct ConnInfo {
+    peer: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    https: bool,
+    peer_text: Option<cgi_family::AddrText>,
+    local_text: Option<cgi_family::AddrText>,
+}
+
+impl ConnInfo {
+    /// The connection from `peer` to `local`, TLS or not.
+    pub fn new(peer: Option<SocketAddr>, local: Option<SocketAddr>, https: bool) -> Self {
+        Self {
+            peer,
+            local,
+            https,
+            peer_text: peer.map(cgi_family::AddrText::new),
+            local_text: local.map(cgi_family::AddrText::new),
+        }
+    }
+
     /// The client.
-    pub peer: Option<SocketAddr>,
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
     /// Our side.
-    pub local: Option<SocketAddr>,
+    pub fn local(&self) -> Option<SocketAddr> {
+        self.local
+    }
+
     /// Whether it is TLS.
-    pub https: bool,
+    pub fn https(&self) -> bool {
+        self.https
+    }
+
+    /// The client, written out (REMOTE_ADDR, REMOTE_PORT).
+    pub fn peer_text(&self) -> Option<&cgi_family::AddrText> {
+        self.peer_text.as_ref()
+    }
 }
 
 /// Timeouts, as nginx's `*_connect_timeout`, `*_send_timeout`, `*_read_timeout`.
@@ -206,9 +239,9 @@ pub(crate) fn request_key(
                 uri: path,
                 args: parts.uri.query().unwrap_or(""),
                 headers: &parts.headers,
-                peer: conn.peer,
-                local: conn.local,
-                scheme: if conn.https { "https" } else { "http" },
+                peer: conn.peer(),
+                local: conn.local(),
+                scheme: if conn.https() { "https" } else { "http" },
                 server_name: "",
                 document_root: "",
                 protocol: "HTTP/1.1",
@@ -387,13 +420,13 @@ impl Pass {
             Protocol::FastCgi => Flavor::FastCgi,
         };
         let mut builder = EnvBuilder::new(flavor)
-            .https(conn.https)
+            .https(conn.https())
             .content_length(Some(body.len()).filter(|&n| n > 0 || has_body(&parts)));
-        if let Some(p) = conn.peer {
-            builder = builder.peer(p);
+        if let Some(p) = &conn.peer_text {
+            builder = builder.peer_text(p.clone());
         }
-        if let Some(l) = conn.local {
-            builder = builder.local(l);
+        if let Some(l) = &conn.local_text {
+            builder = builder.local_text(l.clone());
         }
         if let Some(host) = parts.headers.get(http::header::HOST) {
             let name = crate::site::vars::bytes_without_port(host.as_bytes());
@@ -443,7 +476,7 @@ impl Pass {
         let idempotent = idempotent(&parts.method);
         let (key, sticky) = request_key(&self.upstream, &parts, conn);
         let ctx = PickContext {
-            client: conn.peer.map(|p| p.ip()),
+            client: conn.peer().map(|p| p.ip()),
             key: key.as_deref(),
             sticky: sticky.as_deref(),
         };

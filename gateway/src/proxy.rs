@@ -149,7 +149,7 @@ impl Proxy {
             .map(crate::site::vars::without_port)
             .unwrap_or("")
             .to_owned();
-        let client_ip = conn.peer.map(|p| p.ip().to_string()).unwrap_or_default();
+        let client_ip = conn.peer().map(|p| p.ip().to_string()).unwrap_or_default();
         let forwarded_for = match parts
             .headers
             .get("x-forwarded-for")
@@ -164,7 +164,7 @@ impl Proxy {
             ("x-forwarded-for", forwarded_for),
             (
                 "x-forwarded-proto",
-                if conn.https { "https" } else { "http" }.to_owned(),
+                if conn.https() { "https" } else { "http" }.to_owned(),
             ),
         ];
         for (k, v) in defaults {
@@ -186,7 +186,7 @@ impl Proxy {
         let idempotent = idempotent(&parts.method);
         let (key, sticky) = crate::pass::request_key(&self.upstream, &parts, conn);
         let ctx = PickContext {
-            client: conn.peer.map(|p| p.ip()),
+            client: conn.peer().map(|p| p.ip()),
             key: key.as_deref(),
             sticky: sticky.as_deref(),
         };

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use cgi_family::{EnvBuilder, Flavor, RequestHead};
+use cgi_family::{AddrText, EnvBuilder, Flavor, RequestHead};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
@@ -16,8 +16,8 @@ use crate::{
 };
 
 /// A WSGI app as a `tower::Service<http::Request<B>>`, mounted at a path prefix (which
-/// becomes SCRIPT_NAME). The peer address is taken from a `SocketAddr` request extension
-/// when the server puts one there.
+/// becomes SCRIPT_NAME). The peer address is the one given to [`WsgiService::peer`], else
+/// a `SocketAddr` request extension when the server puts one there.
 ///
 /// ```no_run
 /// # fn demo(host: wsgi_host::WsgiHost) {
@@ -32,6 +32,7 @@ pub struct WsgiService {
     mount: Bytes,
     server_name: Bytes,
     post_buffering: u64,
+    peer: Option<AddrText>,
 }
 
 impl WsgiService {
@@ -42,6 +43,7 @@ impl WsgiService {
             mount: Bytes::new(),
             server_name: Bytes::from_static(b"localhost"),
             post_buffering: DEFAULT_POST_BUFFERING,
+            peer: None,
         }
     }
 
@@ -57,6 +59,13 @@ impl WsgiService {
     /// Mounts the app at `prefix` (SCRIPT_NAME = prefix, PATH_INFO = the rest).
     pub fn mount(mut self, prefix: impl Into<Bytes>) -> Self {
         self.mount = prefix.into();
+        self
+    }
+
+    /// The client of every request this service (a clone made per connection) serves,
+    /// written out once: REMOTE_ADDR and REMOTE_PORT without reading a request extension.
+    pub fn peer(mut self, peer: AddrText) -> Self {
+        self.peer = Some(peer);
         self
     }
 
@@ -97,7 +106,9 @@ where
         let mut builder = EnvBuilder::new(Flavor::Wsgi)
             .mount(self.mount.clone())
             .server_name(self.server_name.clone());
-        if let Some(peer) = parts.extensions.get::<SocketAddr>() {
+        if let Some(peer) = &self.peer {
+            builder = builder.peer_text(peer.clone());
+        } else if let Some(peer) = parts.extensions.get::<SocketAddr>() {
             builder = builder.peer(*peer);
         }
         let env = builder.build(&head);

@@ -182,12 +182,51 @@ impl RequestHead {
     }
 }
 
+/// A socket address written out the way the env carries it (REMOTE_ADDR and REMOTE_PORT,
+/// or SERVER_ADDR and SERVER_PORT): made once per connection and handed to
+/// [`EnvBuilder::peer_text`] for each of its requests, instead of being written again.
+///
+/// ```
+/// let peer = cgi_family::AddrText::new("10.0.0.7:51234".parse().unwrap());
+/// assert_eq!((peer.addr(), peer.port()), (&b"10.0.0.7"[..], &b"51234"[..]));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddrText {
+    addr: Bytes,
+    port: Bytes,
+}
+
+impl AddrText {
+    /// Writes `a` out (an IPv6 address without brackets, as nginx's `$remote_addr`).
+    pub fn new(a: SocketAddr) -> Self {
+        let mut arena = BytesMut::with_capacity(48);
+        let (addr, port) = addr_parts(&mut arena, Some(a));
+        Self { addr, port }
+    }
+
+    /// The address.
+    pub fn addr(&self) -> &[u8] {
+        &self.addr
+    }
+
+    /// The port.
+    pub fn port(&self) -> &[u8] {
+        &self.port
+    }
+}
+
+impl From<SocketAddr> for AddrText {
+    fn from(a: SocketAddr) -> Self {
+        Self::new(a)
+    }
+}
+
 /// Builds an [`Env`] from a [`RequestHead`] and the connection's facts.
 #[derive(Debug, Clone)]
 pub struct EnvBuilder {
     flavor: Flavor,
-    peer: Option<SocketAddr>,
-    local: Option<SocketAddr>,
+    peer: Option<AddrText>,
+    local: Option<AddrText>,
     https: bool,
     server_name: Bytes,
     document_root: Bytes,
@@ -220,12 +259,24 @@ impl EnvBuilder {
 
     /// The client's address (REMOTE_ADDR, REMOTE_PORT).
     pub fn peer(mut self, addr: SocketAddr) -> Self {
+        self.peer = Some(AddrText::new(addr));
+        self
+    }
+
+    /// The client's address already written out (see [`AddrText`]).
+    pub fn peer_text(mut self, addr: AddrText) -> Self {
         self.peer = Some(addr);
         self
     }
 
     /// The address the request arrived on (SERVER_ADDR, SERVER_PORT).
     pub fn local(mut self, addr: SocketAddr) -> Self {
+        self.local = Some(AddrText::new(addr));
+        self
+    }
+
+    /// The address the request arrived on, already written out (see [`AddrText`]).
+    pub fn local_text(mut self, addr: AddrText) -> Self {
         self.local = Some(addr);
         self
     }
@@ -307,8 +358,16 @@ impl EnvBuilder {
             Some(n) => Some(made(&mut arena, |a| put_decimal(a, n))),
             None => head.header_bytes("content-length").cloned(),
         };
-        let (remote_addr, remote_port) = addr_parts(&mut arena, self.peer);
-        let (server_addr, server_port) = addr_parts(&mut arena, self.local);
+        let (remote_addr, remote_port) = self
+            .peer
+            .clone()
+            .map(|a| (a.addr, a.port))
+            .unwrap_or_default();
+        let (server_addr, server_port) = self
+            .local
+            .clone()
+            .map(|a| (a.addr, a.port))
+            .unwrap_or_default();
         let scheme = Bytes::from_static(if self.https { b"https" } else { b"http" });
         let host = self.host(head, &mut arena);
         let mut put = |k: &'static str, v: Bytes| env.push(Bytes::from_static(k.as_bytes()), v);
@@ -436,8 +495,10 @@ impl EnvBuilder {
             env.set(k.clone(), v.clone());
         }
         // An empty HTTP_* param suppresses the header and sends nothing (httpoxy fix).
-        env.pairs
-            .retain(|(k, v)| !(k.starts_with(b"HTTP_") && v.is_empty() && self.is_param(k)));
+        if !self.params.is_empty() {
+            env.pairs
+                .retain(|(k, v)| !(k.starts_with(b"HTTP_") && v.is_empty() && self.is_param(k)));
+        }
         self.push_headers(&mut env, head, &mut arena);
         Ok(env)
     }

@@ -7,7 +7,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
-pub use self::http::{EnvBuilder, Flavor, PathError, RequestHead, normalize_path};
+pub use self::http::{AddrText, EnvBuilder, Flavor, PathError, RequestHead, normalize_path};
 
 /// The CGI meta-variables of one request: ordered, byte-exact pairs.
 ///

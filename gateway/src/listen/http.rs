@@ -51,11 +51,33 @@ pub struct HttpApp {
 
 struct PerConnection {
     app: HttpApp,
-    peer: Option<SocketAddr>,
-    local: Option<SocketAddr>,
-    https: bool,
+    conn: Arc<crate::pass::ConnInfo>,
+    /// The WSGI backend with this connection's client set (written out once).
+    wsgi: Option<WsgiService>,
     /// Set (and notified) when the first request arrives.
     first: Arc<(AtomicBool, Notify)>,
+}
+
+impl PerConnection {
+    fn new(
+        app: &HttpApp,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+        https: bool,
+        first: &Arc<(AtomicBool, Notify)>,
+    ) -> Self {
+        let conn = crate::pass::ConnInfo::new(peer, local, https);
+        let wsgi = match &app.backend {
+            Backend::Wsgi(w) => conn.peer_text().map(|p| w.clone().peer(p.clone())),
+            _ => None,
+        };
+        Self {
+            app: app.clone(),
+            conn: Arc::new(conn),
+            wsgi,
+            first: first.clone(),
+        }
+    }
 }
 
 /// How long a graceful stop waits for the first request of a connection that was accepted
@@ -82,19 +104,15 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
             self.first.1.notify_one();
         }
         let app = self.app.clone();
-        let conn = crate::pass::ConnInfo {
-            peer: self.peer,
-            local: self.local,
-            https: self.https,
-        };
+        let conn = self.conn.clone();
+        let wsgi = self.wsgi.clone();
         Box::pin(async move {
-            let mut req = req;
             // The request's facts for its access-log line (only when a line may be
             // written: by default, or to a site's own `access_log`).
             let logs = crate::access::default_logs();
             let own = matches!(&app.backend, Backend::Site { site, .. } if site.has_own_logs());
             let record = (own || crate::access::any_enabled(&logs)).then(|| {
-                crate::access::Record::from_request(&req, conn.peer.map(|p| p.ip()), conn.https)
+                crate::access::Record::from_request(&req, conn.peer().map(|p| p.ip()), conn.https())
             });
             let response = if let Backend::Site { site, listen } = &app.backend {
                 site.handle(req, *listen, &conn).await
@@ -117,12 +135,8 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
                 )
             } else {
                 match &app.backend {
-                    Backend::Wsgi(wsgi) => {
-                        // The WSGI service reads REMOTE_ADDR from here.
-                        if let Some(peer) = conn.peer {
-                            req.extensions_mut().insert(peer);
-                        }
-                        let mut svc = wsgi.clone();
+                    Backend::Wsgi(plain) => {
+                        let mut svc = wsgi.unwrap_or_else(|| plain.clone());
                         let r = tower_service::Service::call(&mut svc, req).await?;
                         r.map(Body::Wsgi)
                     }
@@ -168,13 +182,7 @@ pub async fn serve_connection_until<S>(
         .header_read_timeout(app.head_timeout)
         .serve_connection(
             TokioIo::new(io),
-            PerConnection {
-                app: app.clone(),
-                peer,
-                local,
-                https: false,
-                first: first.clone(),
-            },
+            PerConnection::new(app, peer, local, false, &first),
         );
     tokio::pin!(conn);
     let result = drive(conn, &first, shutdown, |c| c.graceful_shutdown()).await;
@@ -216,13 +224,7 @@ pub async fn serve_tls_connection_until<S>(
         .header_read_timeout(app.head_timeout);
     let conn = builder.serve_connection(
         TokioIo::new(stream),
-        PerConnection {
-            app: app.clone(),
-            peer,
-            local,
-            https: true,
-            first: first.clone(),
-        },
+        PerConnection::new(app, peer, local, true, &first),
     );
     tokio::pin!(conn);
     let result = drive(conn, &first, shutdown, |c| c.graceful_shutdown()).await;

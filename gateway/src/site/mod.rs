@@ -1491,9 +1491,9 @@ impl Site {
             uri,
             args,
             headers: req.headers(),
-            peer: conn.peer,
-            local: conn.local,
-            scheme: if conn.https { "https" } else { "http" },
+            peer: conn.peer(),
+            local: conn.local(),
+            scheme: if conn.https() { "https" } else { "http" },
             server_name: &server.first_name,
             document_root: root,
             protocol: match req.version() {

@@ -55,6 +55,43 @@ fn wait_ready(peer: &Peer) {
 }
 
 #[test]
+fn the_client_address_reaches_every_request_of_a_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("app.py"),
+        "def application(environ, start_response):\n    \
+         body = ('%s %s' % (environ['REMOTE_ADDR'], environ['REMOTE_PORT'])).encode()\n    \
+         start_response('200 OK', [('Content-Length', str(len(body)))])\n    \
+         return [body]\n",
+    )
+    .unwrap();
+    let (a, sa) = addr();
+    let gw = gateway(
+        dir.path(),
+        &["--http-socket", &a, "--wsgi-file", "app.py"],
+        Some(sa),
+    );
+    wait_ready(&gw);
+    use std::io::{Read, Write};
+    for _ in 0..2 {
+        let mut s = std::net::TcpStream::connect(sa).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let me = format!("127.0.0.1 {}", s.local_addr().unwrap().port());
+        for _ in 0..3 {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !String::from_utf8_lossy(&got).ends_with(&me) {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+                assert!(got.len() < 1024, "{}", String::from_utf8_lossy(&got));
+            }
+        }
+    }
+}
+
+#[test]
 fn http_tutorial_hello_world_and_requests() {
     let dir = testkit::temp_dir();
     std::fs::write(dir.path().join("app.py"), ECHO_APP).unwrap();
