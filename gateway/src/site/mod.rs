@@ -72,6 +72,8 @@ struct Settings {
     types: Arc<HashMap<String, String>>,
     /// `access_log`: the logs of this level (`None`: the process's default logs).
     access: Option<crate::access::Logs>,
+    /// `$server_name`: the first `server_name` of the enclosing server.
+    server_name: String,
 }
 
 /// What the server or location that answered says of the response.
@@ -150,6 +152,7 @@ impl Default for Settings {
             default_type: HeaderValue::from_static("text/plain"),
             types: Arc::new(HashMap::new()),
             access: None,
+            server_name: String::new(),
         }
     }
 }
@@ -166,6 +169,15 @@ struct Return {
 struct PassParam {
     name: Bytes,
     value: Value,
+}
+
+/// A location's `*_param` lines: ready-made when none names a variable of the request
+/// (the common case: the stock lines are left out, `$document_root` and `$server_name`
+/// are the location's), else expanded for each request.
+#[derive(Debug)]
+enum PassParams {
+    Fixed(Vec<(Bytes, Bytes)>),
+    Templates(Vec<PassParam>),
 }
 
 /// A directive's value: ready-made when it names no variable of the request, else
@@ -202,7 +214,7 @@ struct Location {
     matcher: Matcher,
     settings: Settings,
     alias: Option<PathBuf>,
-    pass: Option<(Arc<Pass>, Vec<PassParam>)>,
+    pass: Option<(Arc<Pass>, PassParams)>,
     /// `proxy_pass` and the location's `proxy_set_header` lines.
     proxy: Option<(Arc<crate::proxy::Proxy>, Params)>,
 }
@@ -882,7 +894,7 @@ impl Reader<'_> {
                 .or(settings.root.as_ref())
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let params = params
+            let params: Vec<PassParam> = params
                 .into_iter()
                 .map(|(k, v)| PassParam {
                     name: Bytes::from(k),
@@ -890,10 +902,24 @@ impl Reader<'_> {
                         "$document_root" | "${document_root}" => {
                             Value::Fixed(Bytes::from(root.clone()))
                         }
+                        "$server_name" | "${server_name}" => {
+                            Value::Fixed(Bytes::from(settings.server_name.clone()))
+                        }
                         _ => Value::new(v),
                     },
                 })
                 .collect();
+            let fixed: Option<Vec<(Bytes, Bytes)>> = params
+                .iter()
+                .map(|p| match &p.value {
+                    Value::Fixed(v) => Some((p.name.clone(), v.clone())),
+                    Value::Template(_) => None,
+                })
+                .collect();
+            let params = match fixed {
+                Some(list) => PassParams::Fixed(list),
+                None => PassParams::Templates(params),
+            };
             pass = Some((
                 self.pass(x, protocol, timeouts, buffering, keep_conn)?,
                 params,
@@ -1050,6 +1076,7 @@ impl Site {
                     _ => reader.harmless(x)?,
                 }
             }
+            settings.server_name.clone_from(&vs.first_name);
             for x in block.iter().filter(|x| x.name == "location") {
                 vs.locations.push(reader.location(x, &settings)?);
             }
@@ -1401,12 +1428,19 @@ impl Site {
                 ..
             }) = location
             {
-                let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
-                let extra: Vec<(Bytes, Bytes)> = params
-                    .iter()
-                    .map(|p| (p.name.clone(), p.value.expand(&vars)))
-                    .collect();
-                return Box::pin(pass.handle_with(req, conn, &extra)).await;
+                let extra: Vec<(Bytes, Bytes)>;
+                let extra = match params {
+                    PassParams::Fixed(list) => list,
+                    PassParams::Templates(params) => {
+                        let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
+                        extra = params
+                            .iter()
+                            .map(|p| (p.name.clone(), p.value.expand(&vars)))
+                            .collect();
+                        &extra
+                    }
+                };
+                return Box::pin(pass.handle_with(req, conn, extra)).await;
             }
             // Files.
             let Some(base_dir) = location
