@@ -35,6 +35,17 @@ proptest! {
     }
 
     #[test]
+    fn pairs_around_the_encoders_block_size_round_trip(
+        vars in vec((vec(any::<u8>(), 1..40), vec(any::<u8>(), 900..2200)), 1..5)
+    ) {
+        // Values near and past the 1 KiB block the encoder gathers small pieces in.
+        let wire = encode(1, 0, &vars);
+        let (packet, _) = parse_packet(&wire, &Limits::new()).unwrap().unwrap();
+        let back: Pairs = packet.vars().unwrap().iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        prop_assert_eq!(back, vars);
+    }
+
+    #[test]
     fn builder_and_encoder_write_the_same_bytes(m1 in any::<u8>(), vars in pairs()) {
         let mut built = Vec::new();
         let mut b = PacketBuilder::new(&mut built);
