@@ -151,6 +151,7 @@ pub async fn serve_connection_until<S>(
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut served_any = false;
     let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let mut stop = super::stop::StopWatch::new(shutdown);
     loop {
         loop {
             let ev = match conn.poll_event(&mut buf) {
@@ -218,7 +219,7 @@ pub async fn serve_connection_until<S>(
         tokio::select! {
             // On shutdown an idle connection closes; one accepted just before the stop
             // that has not sent its request yet gets a moment to send it (and is served).
-            () = shutdown.cancelled(), if idle && (served_any || grace.is_none()) => {
+            () = stop.stopped(), if idle && (served_any || grace.is_none()) => {
                 if served_any {
                     let _ = writer.lock().await.shutdown().await;
                     return;

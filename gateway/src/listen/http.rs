@@ -248,10 +248,12 @@ where
 {
     let mut grace = None;
     let mut closing = false;
+    let mut stop = super::stop::StopWatch::new(shutdown);
     loop {
         tokio::select! {
+            biased;
             r = conn.as_mut() => return r,
-            () = shutdown.cancelled(), if !closing && grace.is_none() => {
+            () = stop.stopped(), if !closing && grace.is_none() => {
                 if first.0.load(Ordering::SeqCst) {
                     graceful(conn.as_mut());
                     closing = true;

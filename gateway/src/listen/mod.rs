@@ -5,6 +5,7 @@ pub mod fastcgi;
 pub mod http;
 pub mod respond;
 pub mod scgi;
+mod stop;
 mod timer;
 pub mod uwsgi;
 
