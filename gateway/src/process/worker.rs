@@ -105,14 +105,13 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
     };
     // The cores are shared by the workers: a runtime thread per core each would have
     // 2N threads fight for N cores.
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let processes = if front {
         1
     } else {
         o.processes.unwrap_or(1).max(1)
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads((cores / processes).max(1))
+        .worker_threads(crate::server::runtime_threads(processes, host.is_some()))
         .enable_all()
         .build()?;
     let stack = {
