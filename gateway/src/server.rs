@@ -96,8 +96,6 @@ pub(crate) fn listen_addrs(o: &Options) -> anyhow::Result<Vec<(ListenAddr, Proto
     Ok(addrs)
 }
 
-/// Whether any listener serves the app in this process (a pure `--http-to` front does not
-/// load Python).
 /// How many runtime threads a process runs: `TOKIO_WORKER_THREADS` when set, else the
 /// cores shared among the `processes` of its kind. A process that runs Python gets half
 /// its share: its Python threads (one core's worth under the GIL) need the other half,
@@ -123,6 +121,8 @@ pub fn single_process_threads(o: &Options) -> usize {
     runtime_threads(1, needs_app(o))
 }
 
+/// Whether any listener serves the app in this process (a pure `--http-to` front does not
+/// load Python).
 pub(crate) fn needs_app(o: &Options) -> bool {
     listen_addrs(o).is_ok_and(|a| a.iter().any(|(_, p)| !p.is_front()))
 }

@@ -19,8 +19,21 @@ pub fn pair_len(key: &[u8], value: &[u8]) -> Result<usize, EncodeError> {
     Ok(4 + key.len() + value.len())
 }
 
+/// Where a pair's pieces go: the packet encoder's [`Gather`] block, or a builder's `Vec`.
+trait Pieces {
+    fn put(&mut self, piece: &[u8]);
+}
+
+impl Pieces for Vec<u8> {
+    #[inline]
+    fn put(&mut self, piece: &[u8]) {
+        self.extend_from_slice(piece);
+    }
+}
+
+/// One var as the block carries it: key length (u16 LE), key, value length, value.
 #[inline]
-fn put_pair<B: BufMut>(dst: &mut Gather<'_, B>, key: &[u8], value: &[u8]) {
+fn put_pair(dst: &mut impl Pieces, key: &[u8], value: &[u8]) {
     // Lengths were checked by `pair_len`, so the casts cannot truncate.
     dst.put(&(key.len() as u16).to_le_bytes());
     dst.put(key);
@@ -48,6 +61,13 @@ impl<'d, B: BufMut> Gather<'d, B> {
         }
     }
 
+    fn flush(&mut self) {
+        self.dst.put_slice(&self.block[..self.len]);
+        self.len = 0;
+    }
+}
+
+impl<B: BufMut> Pieces for Gather<'_, B> {
     #[inline]
     fn put(&mut self, piece: &[u8]) {
         if self.len + piece.len() > GATHER {
@@ -59,11 +79,6 @@ impl<'d, B: BufMut> Gather<'d, B> {
         }
         self.block[self.len..self.len + piece.len()].copy_from_slice(piece);
         self.len += piece.len();
-    }
-
-    fn flush(&mut self) {
-        self.dst.put_slice(&self.block[..self.len]);
-        self.len = 0;
     }
 }
 
@@ -219,12 +234,7 @@ impl<'b> PacketBuilder<'b> {
         let size = self.block_len() + pair_len(key, value)?;
         check_block(size, self.limit)?;
         // One var: straight into the Vec (it has no per-put cost worth gathering for).
-        self.buf
-            .extend_from_slice(&(key.len() as u16).to_le_bytes());
-        self.buf.extend_from_slice(key);
-        self.buf
-            .extend_from_slice(&(value.len() as u16).to_le_bytes());
-        self.buf.extend_from_slice(value);
+        put_pair(self.buf, key, value);
         Ok(self)
     }
 

@@ -116,6 +116,15 @@ impl JobQueue {
     }
 }
 
+/// Counts a Python thread out of its [`JobQueue`] when the thread ends.
+struct Leave<'q>(&'q JobQueue);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
 /// A WSGI application running on a pool of Python threads.
 ///
 /// Cloning is cheap (a handle); the threads stop when the last handle is dropped.
@@ -306,8 +315,10 @@ impl WsgiHost {
                 std::thread::Builder::new()
                     .name(format!("wsgi-{n}"))
                     .spawn(move || {
+                        // Counted out however the thread ends (a panic included), so
+                        // requests are refused rather than queued for no thread.
+                        let _leave = Leave(&queue);
                         worker(&app, &queue, &opts, &watch, n);
-                        queue.leave();
                     })
                     .expect("spawn a WSGI thread")
             })

@@ -200,8 +200,28 @@ impl AddrText {
     /// Writes `a` out (an IPv6 address without brackets, as nginx's `$remote_addr`).
     pub fn new(a: SocketAddr) -> Self {
         let mut arena = BytesMut::with_capacity(48);
-        let (addr, port) = addr_parts(&mut arena, Some(a));
+        let addr = made(&mut arena, |dst| match a.ip() {
+            std::net::IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        dst.put_u8(b'.');
+                    }
+                    put_decimal(dst, u64::from(octet));
+                }
+            }
+            std::net::IpAddr::V6(v6) => {
+                use std::fmt::Write;
+                let _ = write!(dst, "{v6}");
+            }
+        });
+        let port = made(&mut arena, |dst| put_decimal(dst, u64::from(a.port())));
         Self { addr, port }
+    }
+
+    /// The address and the port of `a`, empty when there is none (for the env).
+    fn parts(a: Option<&Self>) -> (Bytes, Bytes) {
+        a.map(|a| (a.addr.clone(), a.port.clone()))
+            .unwrap_or_default()
     }
 
     /// The address.
@@ -358,16 +378,8 @@ impl EnvBuilder {
             Some(n) => Some(made(&mut arena, |a| put_decimal(a, n))),
             None => head.header_bytes("content-length").cloned(),
         };
-        let (remote_addr, remote_port) = self
-            .peer
-            .clone()
-            .map(|a| (a.addr, a.port))
-            .unwrap_or_default();
-        let (server_addr, server_port) = self
-            .local
-            .clone()
-            .map(|a| (a.addr, a.port))
-            .unwrap_or_default();
+        let (remote_addr, remote_port) = AddrText::parts(self.peer.as_ref());
+        let (server_addr, server_port) = AddrText::parts(self.local.as_ref());
         let scheme = Bytes::from_static(if self.https { b"https" } else { b"http" });
         let host = self.host(head, &mut arena);
         let mut put = |k: &'static str, v: Bytes| env.push(Bytes::from_static(k.as_bytes()), v);
@@ -621,29 +633,6 @@ fn put_decimal(dst: &mut BytesMut, mut n: u64) {
         }
     }
     dst.put_slice(&digits[i..]);
-}
-
-/// An address and a port, as text.
-fn addr_parts(arena: &mut BytesMut, addr: Option<SocketAddr>) -> (Bytes, Bytes) {
-    let Some(a) = addr else {
-        return Default::default();
-    };
-    let ip = made(arena, |dst| match a.ip() {
-        std::net::IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    dst.put_u8(b'.');
-                }
-                put_decimal(dst, u64::from(octet));
-            }
-        }
-        std::net::IpAddr::V6(v6) => {
-            use std::fmt::Write;
-            let _ = write!(dst, "{v6}");
-        }
-    });
-    let port = made(arena, |dst| put_decimal(dst, u64::from(a.port())));
-    (ip, port)
 }
 
 fn auth(head: &RequestHead) -> Option<(Bytes, Option<Bytes>)> {
