@@ -30,7 +30,7 @@ type Headers = Vec<(Bytes, Bytes)>;
 
 /// What the application has said so far, and where the response goes.
 pub(crate) struct Responder {
-    pub(crate) status: Option<(u16, String)>,
+    pub(crate) status: Option<(u16, Bytes)>,
     pub(crate) headers: Headers,
     pub(crate) content_length: Option<u64>,
     head_tx: Option<HeadTx>,
@@ -124,7 +124,7 @@ impl Responder {
             let body = Bytes::from(format!("{status} {reason}\n"));
             let head = ResponseHead {
                 status,
-                reason: reason.to_owned(),
+                reason: Bytes::copy_from_slice(reason.as_bytes()),
                 headers: vec![(
                     Bytes::from_static(b"Content-Type"),
                     Bytes::from_static(b"text/plain; charset=utf-8"),
@@ -176,43 +176,32 @@ fn is_token(b: u8) -> bool {
 }
 
 /// Checks and converts a status string: `NNN reason`, no control characters.
-fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<(u16, String)> {
+fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<(u16, Bytes)> {
     let s = status
         .cast::<PyString>()
         .map_err(|_| PyTypeError::new_err("status must be a str"))?;
-    // An ASCII status (all but certain) is read in place, without a copy.
-    let text = s.to_str()?;
-    let owned;
-    let raw: &[u8] = if text.is_ascii() {
-        text.as_bytes()
-    } else {
-        owned = latin1_bytes(s, "status")?;
-        &owned
-    };
-    let bad = || {
-        PyValueError::new_err(format!(
-            "malformed status {:?}",
-            String::from_utf8_lossy(raw)
-        ))
-    };
-    if raw.len() < 3 || !raw[..3].iter().all(u8::is_ascii_digit) || raw[0] == b'0' {
-        return Err(bad());
-    }
-    if raw.len() > 3 && raw[3] != b' ' {
-        return Err(bad());
-    }
-    if raw.iter().any(|&b| b < 0x20 || b == 0x7f) {
-        return Err(bad());
-    }
+    let raw = seen(s, Seen::Status, |raw| {
+        let bad = || {
+            PyValueError::new_err(format!(
+                "malformed status {:?}",
+                String::from_utf8_lossy(raw)
+            ))
+        };
+        if raw.len() < 3 || !raw[..3].iter().all(u8::is_ascii_digit) || raw[0] == b'0' {
+            return Err(bad());
+        }
+        if raw.len() > 3 && raw[3] != b' ' {
+            return Err(bad());
+        }
+        if raw.iter().any(|&b| b < 0x20 || b == 0x7f) {
+            return Err(bad());
+        }
+        Ok(())
+    })?;
     let code = raw[..3]
         .iter()
         .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
-    let reason = match raw.get(4..) {
-        Some(r) if r.is_ascii() => text[4..].to_owned(),
-        Some(r) => r.iter().map(|&b| char::from(b)).collect(),
-        None => String::new(),
-    };
-    Ok((code, reason))
+    Ok((code, raw.slice(raw.len().min(4)..)))
 }
 
 /// Checks and converts the header list.
@@ -238,29 +227,33 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<(Headers, Option<u64>)>
                 pair.repr()?.to_str()?
             )));
         };
-        let name = latin1_bytes(name, "header name")?;
-        let value = latin1_bytes(value, "header value")?;
-        if name.is_empty() || !name.iter().all(|&b| is_token(b)) {
-            return Err(PyValueError::new_err(format!(
-                "invalid header name {:?}",
-                String::from_utf8_lossy(&name)
-            )));
-        }
-        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-            return Err(PyValueError::new_err(format!(
-                "control character (CR/LF?) in the value of header {:?}",
-                String::from_utf8_lossy(&name)
-            )));
-        }
-        if HOP_BY_HOP
-            .iter()
-            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
-        {
-            return Err(PyAssertionError::new_err(format!(
-                "hop-by-hop header {:?} is not allowed in a WSGI response",
-                String::from_utf8_lossy(&name)
-            )));
-        }
+        let name = seen(name, Seen::Name, |name| {
+            if name.is_empty() || !name.iter().all(|&b| is_token(b)) {
+                return Err(PyValueError::new_err(format!(
+                    "invalid header name {:?}",
+                    String::from_utf8_lossy(name)
+                )));
+            }
+            if HOP_BY_HOP
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+            {
+                return Err(PyAssertionError::new_err(format!(
+                    "hop-by-hop header {:?} is not allowed in a WSGI response",
+                    String::from_utf8_lossy(name)
+                )));
+            }
+            Ok(())
+        })?;
+        let value = seen(value, Seen::Value, |value| {
+            if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                return Err(PyValueError::new_err(format!(
+                    "control character (CR/LF?) in the value of header {:?}",
+                    String::from_utf8_lossy(&name)
+                )));
+            }
+            Ok(())
+        })?;
         if name.eq_ignore_ascii_case(b"content-length") {
             length = std::str::from_utf8(&value)
                 .ok()
@@ -269,6 +262,77 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<(Headers, Option<u64>)>
         out.push((name, value));
     }
     Ok((out, length))
+}
+
+/// What a string handed to `start_response` is checked as (each kind has its own
+/// [`SeenStrings`] slots: a string that passed as a value has not passed as a name).
+#[derive(Clone, Copy)]
+enum Seen {
+    Status,
+    Name,
+    Value,
+}
+
+/// Strings an application handed to `start_response` before on this thread, checked and
+/// converted, found again by identity: most apps pass the same constant objects on every
+/// request (`'200 OK'`, `('Content-Type', 'text/plain')`), and a hit skips the latin-1
+/// conversion, the checks and an allocation. A slot holds a reference to its string, so
+/// the address cannot be reused by another string while the slot holds it; a string is
+/// only kept once it was seen twice in a row at its slot, so that fresh strings (Django
+/// builds its Content-Length per response) do not churn the slots.
+struct SeenStrings {
+    slots: [[SeenSlot; SEEN_SLOTS]; 3],
+}
+
+#[derive(Default)]
+struct SeenSlot {
+    held: Option<(Py<PyString>, Bytes)>,
+    /// The address of the last string that missed here (only compared, never followed).
+    candidate: usize,
+}
+
+const SEEN_SLOTS: usize = 32;
+
+thread_local! {
+    static SEEN: std::cell::RefCell<SeenStrings> = std::cell::RefCell::new(SeenStrings {
+        slots: std::array::from_fn(|_| std::array::from_fn(|_| SeenSlot::default())),
+    });
+}
+
+/// `s` as latin-1 bytes that passed `check`, from the thread's [`SeenStrings`] when it
+/// was seen before.
+fn seen(
+    s: &Bound<'_, PyString>,
+    kind: Seen,
+    check: impl FnOnce(&[u8]) -> PyResult<()>,
+) -> PyResult<Bytes> {
+    let addr = s.as_ptr() as usize;
+    let i = (addr >> 4) % SEEN_SLOTS;
+    let hit = SEEN.with_borrow(|seen| {
+        let slot = &seen.slots[kind as usize][i];
+        match &slot.held {
+            Some((held, bytes)) if held.as_ptr() as usize == addr => Some(bytes.clone()),
+            _ => None,
+        }
+    });
+    if let Some(bytes) = hit {
+        return Ok(bytes);
+    }
+    let what = match kind {
+        Seen::Status => "status",
+        Seen::Name => "header name",
+        Seen::Value => "header value",
+    };
+    let bytes = latin1_bytes(s, what)?;
+    check(&bytes)?;
+    SEEN.with_borrow_mut(|seen| {
+        let slot = &mut seen.slots[kind as usize][i];
+        if std::mem::replace(&mut slot.candidate, addr) == addr {
+            // The clone makes the bytes shared now, so later clones are a count.
+            slot.held = Some((s.clone().unbind(), bytes.clone()));
+        }
+    });
+    Ok(bytes)
 }
 
 /// The `start_response` callable (also the `write()` callable it returns).
@@ -358,6 +422,8 @@ impl StartResponse {
 pub struct ErrorStream {
     pub(crate) request_id: std::sync::atomic::AtomicU64,
     pub(crate) pending: Mutex<String>,
+    /// Set by `write()`: the host's flush at the end of a request has something to do.
+    pub(crate) written: std::sync::atomic::AtomicBool,
 }
 
 impl ErrorStream {
@@ -388,6 +454,8 @@ impl ErrorStream {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push_str(&text);
+        self.written
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.emit(false);
         Ok(text.chars().count())
     }
@@ -401,7 +469,21 @@ impl ErrorStream {
 
     /// Writes out a partial last line.
     pub fn flush(&self) {
+        self.written
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.emit(true);
+    }
+}
+
+impl ErrorStream {
+    /// The host's flush at the end of a request: only when something was written.
+    pub(crate) fn end_request(&self) {
+        if self
+            .written
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.emit(true);
+        }
     }
 }
 

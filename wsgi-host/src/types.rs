@@ -63,8 +63,8 @@ impl RequestBody {
 pub struct ResponseHead {
     /// The status code.
     pub status: u16,
-    /// The reason phrase as the app gave it (may be empty).
-    pub reason: String,
+    /// The reason phrase as the app gave it (may be empty), as latin-1 bytes.
+    pub reason: Bytes,
     /// The headers, in the app's order, as latin-1 bytes.
     pub headers: Vec<(Bytes, Bytes)>,
     /// The body length, when known: the app's `Content-Length`, the length of a

@@ -509,7 +509,10 @@ fn handle(
             opts,
             errors.clone(),
         )?;
-        let input = Bound::new(py, WsgiInput::new(request.body, content_length))?;
+        let input = match request.body {
+            crate::RequestBody::Empty => statics.empty_input(py)?,
+            body => Bound::new(py, WsgiInput::new(body, content_length))?,
+        };
         environ.set_item(intern!(py, "wsgi.input"), &input)?;
         let start_response = Bound::new(
             py,
@@ -540,7 +543,7 @@ fn handle(
     };
     stream(py, &iterable, &shared, id);
     call_close(py, &iterable, &shared, id);
-    errors.get().flush();
+    errors.get().end_request();
     let mut r = lock(&shared);
     if !r.sent() {
         // Nothing went out (an empty body, or an error already answered).

@@ -182,7 +182,9 @@ pub fn head_bytes(response: &WsgiResponse, style: HeadStyle<'_>) -> BytesMut {
         HeadStyle::StatusLine(protocol) => out.put_slice(protocol),
         HeadStyle::Cgi => out.put_slice(b"Status:"),
     }
-    out.put_slice(format!(" {} {}\r\n", head.status, head.reason).as_bytes());
+    out.put_slice(format!(" {} ", head.status).as_bytes());
+    out.put_slice(&head.reason);
+    out.put_slice(b"\r\n");
     let mut has_length = false;
     for (k, v) in &head.headers {
         has_length |= k.eq_ignore_ascii_case(b"content-length");

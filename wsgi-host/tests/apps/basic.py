@@ -173,8 +173,23 @@ def closed_count(environ, start_response):
     return [str(CLOSED["count"]).encode()]
 
 
+# One string object, valid as a header value but not as a name: the host's cache of
+# strings it has checked must not let it through as a name.
+SPACED = "two words"
+LATIN1_STATUS = "299 Tr\xe8s bien"
+
+
 def misbehave(environ, start_response):
     what = environ["PATH_INFO"].strip("/")
+    if what == "spaced-value":
+        start_response(LATIN1_STATUS, [("Content-Type", "text/plain"), ("X-Spaced", SPACED)])
+        return [b"x"]
+    if what == "spaced-name":
+        start_response("200 OK", [("Content-Type", "text/plain"), (SPACED, "x")])
+        return [b"x"]
+    if what == "spaced-status":
+        start_response(SPACED, [("Content-Type", "text/plain")])
+        return [b"x"]
     if what == "str":
         _plain(start_response)
         return ["not bytes"]

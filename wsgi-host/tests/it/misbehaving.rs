@@ -38,6 +38,23 @@ async fn each_misbehaviour_has_its_outcome() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_string_checked_as_one_part_of_the_head_is_checked_again_as_another() {
+    // One thread, so every request meets the strings the previous ones left checked.
+    let h = host("misbehave", 1);
+    for _ in 0..4 {
+        let r = get(&h, "/spaced-value").await;
+        assert_eq!(r.head.status, 299);
+        assert_eq!(&r.head.reason[..], b"Tr\xe8s bien", "the reason as latin-1");
+        assert_eq!(r.head.header("X-Spaced"), Some(&b"two words"[..]));
+    }
+    for path in ["/spaced-name", "/spaced-status", "/spaced-name"] {
+        let r = get(&h, path).await;
+        assert_eq!(r.head.status, 500, "{path}");
+    }
+    assert_eq!(get(&h, "/spaced-value").await.head.status, 299);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_after_the_headers_abort_and_close_runs_once() {
     let h = host("misbehave", 1);
     let before: u32 = get(&h, "/closed").await.text().parse().unwrap();
