@@ -442,7 +442,7 @@ pub(crate) fn template<'py>(
 }
 
 /// The variables that go into the copy of the template: key, name, value.
-type Rest<'py, 'e> = smallvec::SmallVec<[(Bound<'py, PyString>, &'e [u8], &'e [u8]); 16]>;
+type Rest<'py, 'e> = smallvec::SmallVec<[(Bound<'py, PyString>, &'e [u8], &'e [u8]); 32]>;
 
 /// Builds the environ for one request from `template` (see [`template`]), all but
 /// `wsgi.input`; returns it with the body length CONTENT_LENGTH announces.
