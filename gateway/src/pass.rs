@@ -201,6 +201,56 @@ enum TryError {
     Stale(String),
 }
 
+/// One tokio sleep for a whole exchange with a backend, each step (connect, send, read)
+/// with its own limit, as nginx's `*_connect_timeout`, `*_send_timeout` and
+/// `*_read_timeout` (each between two successive operations). A step that finishes
+/// without waiting touches no timer; the first step that waits makes the sleep, later
+/// ones move it (a later deadline is only recorded, a step that moves it earlier
+/// re-registers it). A `tokio::time::timeout` per step cost a timer entry each, four or
+/// five per request.
+struct StepClock {
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// A step of a [`StepClock`] waited longer than its limit.
+#[derive(Debug)]
+struct StepTimedOut;
+
+impl StepClock {
+    fn new() -> Self {
+        Self { sleep: None }
+    }
+
+    /// Runs `fut`, giving up when it has waited `limit` (counted from its first wait).
+    async fn step<F: Future>(
+        &mut self,
+        limit: Duration,
+        fut: F,
+    ) -> Result<F::Output, StepTimedOut> {
+        use std::task::Poll;
+        let mut fut = std::pin::pin!(fut);
+        let mut armed = false;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Ok(out));
+            }
+            if !armed {
+                armed = true;
+                let deadline = tokio::time::Instant::now() + limit;
+                match &mut self.sleep {
+                    Some(sleep) => sleep.as_mut().reset(deadline),
+                    None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
+            }
+            match self.sleep.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Err(StepTimedOut)),
+                _ => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
 pub(crate) fn plain(status: http::StatusCode, text: &'static str) -> http::Response<Body> {
     let mut r = http::Response::new(Body::full(text));
     *r.status_mut() = status;
@@ -481,6 +531,8 @@ impl Pass {
             sticky: sticky.as_deref(),
         };
         let mut tried = Vec::new();
+        // As nginx: when the last server tried timed out, the answer is 504, else 502.
+        let mut timed_out = false;
         loop {
             let Some(pick) = self.upstream.pick(&ctx, &tried) else {
                 tracing::error!(
@@ -489,7 +541,11 @@ impl Pass {
                     parts.method,
                     parts.uri
                 );
-                return plain(http::StatusCode::BAD_GATEWAY, "Bad Gateway\n");
+                return if timed_out {
+                    plain(http::StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n")
+                } else {
+                    plain(http::StatusCode::BAD_GATEWAY, "Bad Gateway\n")
+                };
             };
             tried.push(pick.index);
             let started = Instant::now();
@@ -510,6 +566,7 @@ impl Pass {
                 }
                 Err(e) => {
                     self.upstream.report(pick.index, false);
+                    timed_out = matches!(e, TryError::Timeout);
                     let again = match &e {
                         TryError::Connect(_) => true,
                         TryError::Upstream(_) | TryError::Stale(_) | TryError::Timeout => {
@@ -578,7 +635,11 @@ impl Pass {
         })
     }
 
-    async fn connect(&self, addr: &ListenAddr) -> Result<BackendConn, TryError> {
+    async fn connect(
+        &self,
+        addr: &ListenAddr,
+        clock: &mut StepClock,
+    ) -> Result<BackendConn, TryError> {
         let connect = async {
             Ok::<BackendConn, std::io::Error>(match addr {
                 ListenAddr::Tcp(a) => {
@@ -591,16 +652,21 @@ impl Pass {
                 }
             })
         };
-        match tokio::time::timeout(self.timeouts.connect, connect).await {
+        match clock.step(self.timeouts.connect, connect).await {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => Err(TryError::Connect(e.to_string())),
             Err(_) => Err(TryError::Connect("connect timed out".into())),
         }
     }
 
-    async fn send_body(&self, s: &mut BackendConn, body: &Spooled) -> std::io::Result<()> {
+    async fn send_body(
+        &self,
+        s: &mut BackendConn,
+        body: &Spooled,
+        clock: &mut StepClock,
+    ) -> std::io::Result<()> {
         let send = self.timeouts.send;
-        let timed = |r: Result<std::io::Result<()>, tokio::time::error::Elapsed>| {
+        let timed = |r: Result<std::io::Result<()>, StepTimedOut>| {
             r.unwrap_or_else(|_| {
                 Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
@@ -637,10 +703,12 @@ impl Pass {
             out
         };
         match body {
+            // No body, and no framing to end it: nothing to send.
+            Spooled::Memory(b) if b.is_empty() && !fastcgi => Ok(()),
             Spooled::Memory(b) => {
                 let b = framed(b)?;
-                timed(tokio::time::timeout(send, s.write_all(&b)).await)?;
-                timed(tokio::time::timeout(send, s.write_all(&end())).await)
+                timed(clock.step(send, s.write_all(&b)).await)?;
+                timed(clock.step(send, s.write_all(&end())).await)
             }
             Spooled::File(f, len) => {
                 let mut at = 0;
@@ -656,9 +724,9 @@ impl Pass {
                     .map_err(std::io::Error::other)??;
                     at += block.len() as u64;
                     let block = framed(&block)?;
-                    timed(tokio::time::timeout(send, s.write_all(&block)).await)?;
+                    timed(clock.step(send, s.write_all(&block)).await)?;
                 }
-                timed(tokio::time::timeout(send, s.write_all(&end())).await)
+                timed(clock.step(send, s.write_all(&end())).await)
             }
         }
     }
@@ -675,16 +743,20 @@ impl Pass {
         } else {
             String::new()
         };
+        let mut clock = StepClock::new();
         if let Some(c) = self.idle.as_ref().and_then(|idle| idle.take(&name)) {
-            match self.exchange(c, name.clone(), request, body).await {
+            match self
+                .exchange(c, name.clone(), request, body, &mut clock)
+                .await
+            {
                 Err(TryError::Stale(e)) => {
                     tracing::debug!("kept-alive connection to {name}: {e}; a new one");
                 }
                 r => return r,
             }
         }
-        let c = self.connect(addr).await?;
-        self.exchange(c, name, request, body)
+        let c = self.connect(addr, &mut clock).await?;
+        self.exchange(c, name, request, body, &mut clock)
             .await
             .map_err(|e| match e {
                 TryError::Stale(e) => TryError::Upstream(e),
@@ -699,14 +771,16 @@ impl Pass {
         name: String,
         request: &Bytes,
         body: &Spooled,
+        clock: &mut StepClock,
     ) -> Result<http::Response<PassBody>, TryError> {
         let sent = async {
-            tokio::time::timeout(self.timeouts.send, s.write_all(request))
+            clock
+                .step(self.timeouts.send, s.write_all(request))
                 .await
                 .map_err(|_| {
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "send timed out")
                 })??;
-            self.send_body(&mut s, body).await
+            self.send_body(&mut s, body, clock).await
         };
         if let Err(e) = sent.await {
             return Err(TryError::Stale(format!("sending the request: {e}")));
@@ -734,7 +808,7 @@ impl Pass {
                 Err(e) => return Err(TryError::Upstream(format!("bad response head: {e}"))),
             }
             buf.reserve(16 * 1024);
-            match tokio::time::timeout(self.timeouts.read, s.read_buf(&mut buf)).await {
+            match clock.step(self.timeouts.read, s.read_buf(&mut buf)).await {
                 Err(_) => return Err(TryError::Timeout),
                 Ok(Err(e)) => return Err(TryError::Upstream(format!("reading: {e}"))),
                 Ok(Ok(0)) if buf.is_empty() => {
@@ -803,6 +877,7 @@ impl Pass {
         let (tx, rx) = self.buffering.channel();
         let read = self.timeouts.read;
         tokio::spawn(async move {
+            let mut clock = StepClock::new();
             let mut left = length;
             if !buf.is_empty() {
                 let first = buf.split().freeze();
@@ -816,7 +891,7 @@ impl Pass {
                     return;
                 }
                 let mut block = BytesMut::with_capacity(64 * 1024);
-                match tokio::time::timeout(read, s.read_buf(&mut block)).await {
+                match clock.step(read, s.read_buf(&mut block)).await {
                     Ok(Ok(0)) => {
                         if left.is_some_and(|n| n > 0) {
                             let _ = tx
@@ -994,4 +1069,55 @@ impl http_body::Body for PassBody {
 fn has_body(parts: &http::request::Parts) -> bool {
     parts.headers.contains_key(http::header::CONTENT_LENGTH)
         || parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn each_step_has_its_own_limit_counted_from_its_first_wait() {
+        let mut clock = StepClock::new();
+        // Done without waiting: no timer at all.
+        assert_eq!(
+            clock.step(Duration::from_secs(1), async { 7 }).await.ok(),
+            Some(7)
+        );
+        assert!(clock.sleep.is_none());
+        // Three steps of 0.8 s under a 1 s limit: 2.4 s in all, none times out.
+        for _ in 0..3 {
+            let slept = clock
+                .step(
+                    Duration::from_secs(1),
+                    tokio::time::sleep(Duration::from_millis(800)),
+                )
+                .await;
+            assert!(slept.is_ok());
+        }
+        // A step past its limit times out, at its limit.
+        let start = tokio::time::Instant::now();
+        let late = clock
+            .step(
+                Duration::from_secs(1),
+                tokio::time::sleep(Duration::from_secs(5)),
+            )
+            .await;
+        assert!(late.is_err());
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        // A shorter limit after a longer one (the sleep moves earlier).
+        let start = tokio::time::Instant::now();
+        let late = clock
+            .step(Duration::from_millis(100), std::future::pending::<()>())
+            .await;
+        assert!(late.is_err());
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+        // And a longer one again.
+        let slept = clock
+            .step(
+                Duration::from_secs(10),
+                tokio::time::sleep(Duration::from_secs(9)),
+            )
+            .await;
+        assert!(slept.is_ok());
+    }
 }

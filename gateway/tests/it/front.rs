@@ -920,3 +920,61 @@ fn a_front_described_in_an_ini_file() {
     let who = answered_by(addr, "/page", 4);
     assert_eq!(who, ["b1", "b2", "b1", "b2"], "{}", gw.log());
 }
+
+/// A fake backend that answers each connection with `steps`: a pause, then some bytes.
+fn scripted_backend(steps: &'static [(u64, &'static [u8])]) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                for (pause, bytes) in steps {
+                    std::thread::sleep(Duration::from_millis(*pause));
+                    if s.write_all(bytes).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn uwsgi_read_timeout_is_counted_between_two_reads() {
+    let dir = testkit::temp_dir();
+    // Four pieces 0.5 s apart: 2 s in all, never 1 s without a byte.
+    let steady = scripted_backend(&[
+        (500, b"HTTP/1.1 200 OK\r\n"),
+        (500, b"Content-Type: text/plain\r\n"),
+        (500, b"\r\nhello "),
+        (500, b"world"),
+    ]);
+    // A head, then silence.
+    let stalls = scripted_backend(&[(0, b"HTTP/1.1 200 OK\r\n"), (5000, b"\r\n")]);
+    let addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    let _gw = site(
+        dir.path(),
+        addr,
+        &format!(
+            "server {{\n  listen {addr};\n\
+             \x20 location /steady {{ uwsgi_pass {steady}; uwsgi_read_timeout 1s; }}\n\
+             \x20 location /stalls {{ uwsgi_pass {stalls}; uwsgi_read_timeout 1s; }}\n}}\n"
+        ),
+    );
+    let r = get(addr, "/steady");
+    assert_eq!((r.status, r.text().as_str()), (200, "hello world"));
+    let start = std::time::Instant::now();
+    let r = get(addr, "/stalls");
+    assert_eq!(r.status, 504, "{}", r.text());
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(3000),
+        "{waited:?}"
+    );
+    // And the front serves on.
+    assert_eq!(get(addr, "/steady").status, 200);
+}
