@@ -100,6 +100,29 @@ impl JobQueue {
         true
     }
 
+    /// Waits (call it with the GIL released) up to `limit`, or until a request is
+    /// queued when none is: false once the host is gone and nothing is left.
+    fn wait_for(&self, limit: Duration) -> bool {
+        let mut s = self.lock();
+        if s.jobs.is_empty() {
+            while s.jobs.is_empty() {
+                if s.closed {
+                    return false;
+                }
+                s = self
+                    .queued
+                    .wait(s)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            return true;
+        }
+        let (s, _) = self
+            .queued
+            .wait_timeout(s, limit)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        !(s.closed && s.jobs.is_empty())
+    }
+
     /// Every request still waiting.
     fn drain(&self) -> Vec<Job> {
         self.lock().jobs.drain(..).collect()
@@ -179,6 +202,102 @@ struct ThreadSlot {
     /// Python's `threading.get_ident()` of the thread (0 until it has started).
     ident: AtomicU64,
     busy: Mutex<Option<Busy>>,
+    /// The thread's CPU-time clock (see [`Admission`]); set when the thread starts.
+    cpu_clock: std::sync::OnceLock<nix::time::ClockId>,
+}
+
+/// The calling thread's CPU-time clock, readable from other threads: Linux's clock id
+/// for a thread's scheduler time, `(!tid << 3) | CPUCLOCK_PERTHREAD_MASK (4) |
+/// CPUCLOCK_SCHED (2)` (the kernel ABI glibc's `pthread_getcpuclockid` returns).
+fn own_cpu_clock() -> Option<nix::time::ClockId> {
+    let tid = nix::unistd::gettid().as_raw();
+    let clock = nix::time::ClockId::from_raw((!tid << 3) | 6);
+    // A clock the kernel does not know would fail here, once, rather than later.
+    nix::time::clock_gettime(clock).ok().map(|_| clock)
+}
+
+/// The CPU time a thread's clock shows now (None if the thread is gone).
+fn cpu_time(clock: nix::time::ClockId) -> Option<Duration> {
+    let ts = nix::time::clock_gettime(clock).ok()?;
+    let secs = u64::try_from(ts.tv_sec()).ok()?;
+    let nanos = u32::try_from(ts.tv_nsec()).ok()?;
+    Some(Duration::new(secs, nanos))
+}
+
+/// When a Python thread may start a request while another thread is in one.
+///
+/// Two threads that both run Python hand the GIL back and forth at every point where
+/// either releases it (a sqlite call, a file read, the interpreter's switch interval),
+/// and each hand-over is a context switch, often to the other core with cold caches:
+/// measured with a Django page and two threads, a third more CPU per request and a
+/// third fewer requests per second than with one thread. Threads are there for requests
+/// that wait (a database, an upstream API, `time.sleep`), so a thread starts a request
+/// while another is in one only when that one is waiting: its CPU time advanced for less
+/// than half of a millisecond or more of watching, or it has run its request for longer
+/// than [`Admission::LONG`] (a long CPU-bound request then shares the GIL, as before).
+struct Admission {
+    /// Per other thread: the request watched, its CPU time and when it was read.
+    seen: Vec<Option<(u64, Duration, Instant)>>,
+}
+
+/// What [`Admission::check`] decided.
+enum Admit {
+    /// Take a request now.
+    Start,
+    /// Another thread is running Python: look again in a moment.
+    Wait,
+}
+
+impl Admission {
+    /// How long a request may run before another thread joins in regardless.
+    const LONG: Duration = Duration::from_millis(20);
+    /// How long a request is watched before its thread is judged waiting.
+    const WATCH: Duration = Duration::from_millis(1);
+
+    fn new(threads: usize) -> Self {
+        Self {
+            seen: vec![None; threads],
+        }
+    }
+
+    /// Whether thread `me` may start a request now (GIL held or not: no Python here).
+    fn check(&mut self, watch: &Watch, me: usize) -> Admit {
+        let now = Instant::now();
+        for (i, slot) in watch.threads.iter().enumerate() {
+            if i == me {
+                continue;
+            }
+            let Some((id, since)) = lock_slot(slot).as_ref().map(|b| (b.id, b.since)) else {
+                self.seen[i] = None;
+                continue;
+            };
+            if now.duration_since(since) >= Self::LONG {
+                continue;
+            }
+            let Some(cpu) = slot.cpu_clock.get().and_then(|&c| cpu_time(c)) else {
+                continue;
+            };
+            match self.seen[i] {
+                Some((seen_id, seen_cpu, at)) if seen_id == id => {
+                    let wall = now.duration_since(at);
+                    if wall < Self::WATCH {
+                        return Admit::Wait;
+                    }
+                    if cpu.saturating_sub(seen_cpu) * 2 >= wall {
+                        // Running: watch it afresh.
+                        self.seen[i] = Some((id, cpu, now));
+                        return Admit::Wait;
+                    }
+                    // Waiting: this one does not hold us back.
+                }
+                _ => {
+                    self.seen[i] = Some((id, cpu, now));
+                    return Admit::Wait;
+                }
+            }
+        }
+        Admit::Start
+    }
 }
 
 /// The request a thread is running.
@@ -425,7 +544,21 @@ fn worker(app: &Py<PyAny>, queue: &JobQueue, opts: &HostOptions, watch: &Watch, 
             }
         };
         let app = app.bind(py);
+        if let Some(clock) = own_cpu_clock() {
+            let _ = slot.cpu_clock.set(clock);
+        }
+        let mut admission = Admission::new(watch.threads.len());
         loop {
+            // With other threads, start a request only when those in one are waiting
+            // (see Admission); look again shortly, with the GIL released.
+            if watch.threads.len() > 1 {
+                if let Admit::Wait = admission.check(watch, n) {
+                    if py.detach(|| queue.wait_for(Admission::WATCH)) {
+                        continue;
+                    }
+                    break;
+                }
+            }
             // Take the oldest request while holding the GIL; with none, wait for one
             // with the GIL released (see JobQueue).
             let Some(job) = queue.pop() else {

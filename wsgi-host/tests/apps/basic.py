@@ -213,6 +213,14 @@ def misbehave(environ, start_response):
         return [b"twice"]
     if what == "raise":
         raise KeyError("app raised")
+    if what == "spin":
+        # CPU-bound: holds the GIL but for the interpreter's switch interval.
+        end = time.monotonic() + float(environ["QUERY_STRING"] or "1")
+        n = 0
+        while time.monotonic() < end:
+            n += 1
+        _plain(start_response)
+        return [b"spun"]
     if what == "sleep":
         time.sleep(float(environ["QUERY_STRING"] or "1"))
         _plain(start_response)

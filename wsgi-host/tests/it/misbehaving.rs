@@ -117,6 +117,28 @@ async fn a_sleeping_request_does_not_block_the_other_threads() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_cpu_bound_request_does_not_hold_the_other_threads_back() {
+    // A thread starts a request beside a running one only when that one waits, or has
+    // run for a while: a request that computes for seconds must not starve the rest.
+    let h = host("misbehave", 2);
+    let spin = {
+        let h = h.clone();
+        tokio::spawn(async move { get(&h, "/spin?1.5").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(get(&h, "/fine").await.text(), "ok");
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(1000),
+        "served beside the spinning request: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(spin.await.unwrap().text(), "spun");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_going_away_stops_the_iteration_and_close_runs() {
     let h = host("misbehave", 1);
     let before: u32 = get(&h, "/closed").await.text().parse().unwrap();
