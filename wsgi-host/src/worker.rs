@@ -87,7 +87,21 @@ impl JobQueue {
     /// Blocks (call it with the GIL released) until a request is queued: true, or the
     /// host is gone and nothing is left: false.
     fn wait(&self) -> bool {
+        self.wait_for(None)
+    }
+
+    /// [`JobQueue::wait`], but when a request is already queued and `limit` is given,
+    /// waits up to `limit` instead (for a thread that may not start one yet, see
+    /// [`Admission`]).
+    fn wait_for(&self, limit: Option<Duration>) -> bool {
         let mut s = self.lock();
+        if let (Some(limit), false) = (limit, s.jobs.is_empty()) {
+            let (s, _) = self
+                .queued
+                .wait_timeout(s, limit)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            return !(s.closed && s.jobs.is_empty());
+        }
         while s.jobs.is_empty() {
             if s.closed {
                 return false;
@@ -98,29 +112,6 @@ impl JobQueue {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
         true
-    }
-
-    /// Waits (call it with the GIL released) up to `limit`, or until a request is
-    /// queued when none is: false once the host is gone and nothing is left.
-    fn wait_for(&self, limit: Duration) -> bool {
-        let mut s = self.lock();
-        if s.jobs.is_empty() {
-            while s.jobs.is_empty() {
-                if s.closed {
-                    return false;
-                }
-                s = self
-                    .queued
-                    .wait(s)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-            }
-            return true;
-        }
-        let (s, _) = self
-            .queued
-            .wait_timeout(s, limit)
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        !(s.closed && s.jobs.is_empty())
     }
 
     /// Every request still waiting.
@@ -553,7 +544,7 @@ fn worker(app: &Py<PyAny>, queue: &JobQueue, opts: &HostOptions, watch: &Watch, 
             // (see Admission); look again shortly, with the GIL released.
             if watch.threads.len() > 1 {
                 if let Admit::Wait = admission.check(watch, n) {
-                    if py.detach(|| queue.wait_for(Admission::WATCH)) {
+                    if py.detach(|| queue.wait_for(Some(Admission::WATCH))) {
                         continue;
                     }
                     break;

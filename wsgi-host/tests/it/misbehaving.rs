@@ -80,21 +80,7 @@ async fn errors_after_the_headers_abort_and_close_runs_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sleeping_request_does_not_block_the_other_threads() {
     let h = host("misbehave", 2);
-    let slow = {
-        let h = h.clone();
-        tokio::spawn(async move { get(&h, "/sleep?1.5").await })
-    };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let start = Instant::now();
-    for _ in 0..5 {
-        assert_eq!(get(&h, "/fine").await.text(), "ok");
-    }
-    assert!(
-        start.elapsed() < Duration::from_millis(1000),
-        "served while the other slept"
-    );
-    let r = slow.await.unwrap();
-    assert_eq!(r.text(), "slept");
+    served_beside(&h, "/sleep?1.5", "slept").await;
     // Two threads really serve: both names show up.
     let mut names = std::collections::HashSet::new();
     let mut tasks = Vec::new();
@@ -121,21 +107,27 @@ async fn a_long_cpu_bound_request_does_not_hold_the_other_threads_back() {
     // A thread starts a request beside a running one only when that one waits, or has
     // run for a while: a request that computes for seconds must not starve the rest.
     let h = host("misbehave", 2);
-    let spin = {
+    served_beside(&h, "/spin?1.5", "spun").await;
+}
+
+/// Five quick requests are served within a second while `slow` (1.5 s) runs on the
+/// other thread, which then answers `answer`.
+async fn served_beside(h: &wsgi_host::WsgiHost, slow: &'static str, answer: &str) {
+    let running = {
         let h = h.clone();
-        tokio::spawn(async move { get(&h, "/spin?1.5").await })
+        tokio::spawn(async move { get(&h, slow).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     let start = Instant::now();
     for _ in 0..5 {
-        assert_eq!(get(&h, "/fine").await.text(), "ok");
+        assert_eq!(get(h, "/fine").await.text(), "ok");
     }
     assert!(
         start.elapsed() < Duration::from_millis(1000),
-        "served beside the spinning request: {:?}",
+        "served beside {slow}: {:?}",
         start.elapsed()
     );
-    assert_eq!(spin.await.unwrap().text(), "spun");
+    assert_eq!(running.await.unwrap().text(), answer);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
