@@ -249,6 +249,20 @@ impl StepClock {
         })
         .await
     }
+
+    /// [`StepClock::step`] for a write to the backend: a step past its limit is an I/O
+    /// error, "send timed out".
+    async fn send<F>(&mut self, limit: Duration, fut: F) -> std::io::Result<()>
+    where
+        F: Future<Output = std::io::Result<()>>,
+    {
+        self.step(limit, fut).await.unwrap_or_else(|StepTimedOut| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "send timed out",
+            ))
+        })
+    }
 }
 
 pub(crate) fn plain(status: http::StatusCode, text: &'static str) -> http::Response<Body> {
@@ -666,14 +680,6 @@ impl Pass {
         clock: &mut StepClock,
     ) -> std::io::Result<()> {
         let send = self.timeouts.send;
-        let timed = |r: Result<std::io::Result<()>, StepTimedOut>| {
-            r.unwrap_or_else(|_| {
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "send timed out",
-                ))
-            })
-        };
         let fastcgi = self.protocol == Protocol::FastCgi;
         // FastCGI: the body as STDIN records, ended by an empty one.
         let framed = |data: &[u8]| -> std::io::Result<Bytes> {
@@ -707,8 +713,8 @@ impl Pass {
             Spooled::Memory(b) if b.is_empty() && !fastcgi => Ok(()),
             Spooled::Memory(b) => {
                 let b = framed(b)?;
-                timed(clock.step(send, s.write_all(&b)).await)?;
-                timed(clock.step(send, s.write_all(&end())).await)
+                clock.send(send, s.write_all(&b)).await?;
+                clock.send(send, s.write_all(&end())).await
             }
             Spooled::File(f, len) => {
                 let mut at = 0;
@@ -724,9 +730,9 @@ impl Pass {
                     .map_err(std::io::Error::other)??;
                     at += block.len() as u64;
                     let block = framed(&block)?;
-                    timed(clock.step(send, s.write_all(&block)).await)?;
+                    clock.send(send, s.write_all(&block)).await?;
                 }
-                timed(clock.step(send, s.write_all(&end())).await)
+                clock.send(send, s.write_all(&end())).await
             }
         }
     }
@@ -774,12 +780,7 @@ impl Pass {
         clock: &mut StepClock,
     ) -> Result<http::Response<PassBody>, TryError> {
         let sent = async {
-            clock
-                .step(self.timeouts.send, s.write_all(request))
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "send timed out")
-                })??;
+            clock.send(self.timeouts.send, s.write_all(request)).await?;
             self.send_body(&mut s, body, clock).await
         };
         if let Err(e) = sent.await {

@@ -62,10 +62,7 @@ fn cached<'py>(py: Python<'py>, v: &[u8], cache: &mut ValueCache<'_>) -> Bound<'
     let words = name_words(v);
     let i = KeyTable::index(0, v.len(), words) % VALUE_CACHE_SLOTS;
     if let Some(held) = &cache.slots[i] {
-        if held.words == words
-            && held.bytes.len() == v.len()
-            && (v.len() <= 16 || held.bytes[8..] == v[8..])
-        {
+        if same_name((&held.bytes, held.words), (v, words)) {
             return held.py.bind(py).clone();
         }
     }
@@ -241,6 +238,14 @@ fn name_words(b: &[u8]) -> (u64, u64) {
     }
 }
 
+/// Whether two byte strings, each with its [`name_words`], are equal: the words and the
+/// length tell strings of up to 16 bytes apart; longer ones compare their middles too.
+fn same_name((a, a_words): (&[u8], (u64, u64)), (b, b_words): (&[u8], (u64, u64))) -> bool {
+    a_words == b_words
+        && a.len() == b.len()
+        && (b.len() <= 16 || a[8..b.len() - 8] == b[8..b.len() - 8])
+}
+
 impl KeyTable {
     /// The table of `names`; if no seed of the few tried spreads them without a
     /// collision, colliding names take the next free slots (still found, one probe
@@ -293,10 +298,7 @@ impl KeyTable {
             let e = self
                 .entries
                 .get(usize::from(self.slots[i]).checked_sub(1)?)?;
-            if e.words == words
-                && e.name.len() == k.len()
-                && (k.len() <= 16 || e.name[8..k.len() - 8] == k[8..k.len() - 8])
-            {
+            if same_name((e.name, e.words), (k, words)) {
                 return Some(e);
             }
             i = (i + 1) % KEY_SLOTS;

@@ -427,6 +427,16 @@ pub struct ErrorStream {
 }
 
 impl ErrorStream {
+    /// The host's flush at the end of a request: only when something was written.
+    pub(crate) fn end_request(&self) {
+        if self
+            .written
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.emit(true);
+        }
+    }
+
     fn emit(&self, flush_all: bool) {
         let mut p = self
             .pending
@@ -472,18 +482,6 @@ impl ErrorStream {
         self.written
             .store(false, std::sync::atomic::Ordering::Relaxed);
         self.emit(true);
-    }
-}
-
-impl ErrorStream {
-    /// The host's flush at the end of a request: only when something was written.
-    pub(crate) fn end_request(&self) {
-        if self
-            .written
-            .swap(false, std::sync::atomic::Ordering::Relaxed)
-        {
-            self.emit(true);
-        }
     }
 }
 
