@@ -111,7 +111,13 @@ impl WsgiInput {
                         st.source = Source::Done;
                     }
                 }
-                st.buf.extend_from_slice(&bytes);
+                if st.buf.is_empty() {
+                    // Taken over without a copy when nothing else holds it (a body
+                    // buffered whole is handed over this way).
+                    st.buf = BytesMut::from(bytes);
+                } else {
+                    st.buf.extend_from_slice(&bytes);
+                }
                 Ok(true)
             }
         }

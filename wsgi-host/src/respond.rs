@@ -147,6 +147,21 @@ impl Responder {
     }
 }
 
+/// Blocks from this size up reach the server without a copy: the `Bytes` keeps the
+/// Python object alive (immutable while referenced) and releases it through pyo3's
+/// deferred reference pool, emptied when a Python thread next takes the GIL. Smaller
+/// blocks are copied, which costs less than the hand-back.
+const SHARE_FROM: usize = 8 * 1024;
+
+/// A response block as `Bytes`: shared with Python when large, copied when small.
+pub(crate) fn block_bytes(block: &Bound<'_, PyBytes>) -> Bytes {
+    let data = block.as_bytes();
+    if data.len() < SHARE_FROM {
+        return Bytes::copy_from_slice(data);
+    }
+    Bytes::from_owner(pyo3::pybacked::PyBackedBytes::from(block.clone()))
+}
+
 /// Sends one body piece, waiting for room with the GIL released; false if the client
 /// went away.
 pub(crate) fn send_chunk(py: Python<'_>, tx: &BodyTx, chunk: BodyChunk) -> bool {
@@ -406,11 +421,7 @@ impl StartResponse {
         if data.as_bytes().is_empty() {
             return Ok(());
         }
-        if !send_chunk(
-            py,
-            &tx,
-            BodyChunk::Data(Bytes::copy_from_slice(data.as_bytes())),
-        ) {
+        if !send_chunk(py, &tx, BodyChunk::Data(block_bytes(data))) {
             return Err(PyRuntimeError::new_err("the client went away"));
         }
         Ok(())

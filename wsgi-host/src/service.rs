@@ -125,19 +125,28 @@ where
             let body = if body.is_end_stream() {
                 RequestBody::Empty
             } else if let Some(n) = known {
-                let mut all = bytes::BytesMut::with_capacity(n as usize);
+                // A body that came in one frame is kept as it is; pieces are joined.
+                let mut first: Option<Bytes> = None;
+                let mut all = bytes::BytesMut::new();
                 loop {
                     match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
                         None => break,
                         Some(Ok(f)) => {
-                            if let Ok(d) = f.into_data() {
-                                all.extend_from_slice(&d);
+                            let Ok(d) = f.into_data() else { continue };
+                            if all.is_empty() && first.is_none() {
+                                first = Some(d);
+                                continue;
                             }
+                            if let Some(f) = first.take() {
+                                all.reserve(n as usize);
+                                all.extend_from_slice(&f);
+                            }
+                            all.extend_from_slice(&d);
                         }
                         Some(Err(_)) => return Ok(plain(400, "Bad Request\n")),
                     }
                 }
-                RequestBody::Full(all.freeze())
+                RequestBody::Full(first.unwrap_or_else(|| all.freeze()))
             } else {
                 let (tx, rx) = RequestBody::channel(4);
                 tokio::spawn(async move {

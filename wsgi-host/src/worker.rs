@@ -12,7 +12,9 @@ use tokio::sync::oneshot;
 use crate::environ::{self, Statics};
 use crate::input::WsgiInput;
 use crate::interpreter::traceback;
-use crate::respond::{FileWrapper, HeadTx, Responder, Shared, StartResponse, lock, send_chunk};
+use crate::respond::{
+    FileWrapper, HeadTx, Responder, Shared, StartResponse, block_bytes, lock, send_chunk,
+};
 use crate::{
     AppSpec, BodyChunk, HostError, HostOptions, HostStats, LoadError, WsgiRequest, WsgiResponse,
 };
@@ -32,9 +34,15 @@ struct Job {
 /// between requests never has. Here idle threads wait with the GIL released until a
 /// request is queued, then compete for the GIL, and the winner takes the oldest request;
 /// a thread keeps the GIL from one request to the next while requests are waiting.
+/// A request wakes a thread only when no thread would otherwise see it soon (see
+/// [`QueueState::pick_waker`]).
 struct JobQueue {
     state: Mutex<QueueState>,
-    queued: std::sync::Condvar,
+    /// One per thread, so a request wakes exactly the thread chosen for it.
+    wake: Vec<std::sync::Condvar>,
+    /// How many requests are queued, readable without the lock (for a thread spinning
+    /// briefly before it sleeps).
+    queued: AtomicUsize,
     capacity: usize,
 }
 
@@ -44,6 +52,31 @@ struct QueueState {
     closed: bool,
     /// Python threads still serving (none: nothing would ever take a request).
     serving: usize,
+    /// Threads in a request: each takes the next one itself when it is done.
+    running: usize,
+    /// Threads asleep until a request comes, the most recent last (a request wakes the
+    /// last one: its caches are the warmest).
+    idle: Vec<usize>,
+    /// Threads that look again on their own every [`Admission::WATCH`] while a thread
+    /// is in a request (they start one beside it when it waits, see [`Admission`]).
+    watching: Vec<usize>,
+}
+
+impl QueueState {
+    /// The thread to wake for a request just queued, if any. With no thread in a
+    /// request, an idle one (else a watching one, at once). With threads in requests,
+    /// nobody when a thread is watching already (requests arrive in bursts: waking a
+    /// thread per request that then finds the serving thread still running would cost
+    /// two context switches each); else an idle thread, which becomes the watcher.
+    fn pick_waker(&mut self) -> Option<usize> {
+        if self.running == 0 {
+            self.idle.pop().or_else(|| self.watching.last().copied())
+        } else if self.watching.is_empty() {
+            self.idle.pop()
+        } else {
+            None
+        }
+    }
 }
 
 impl JobQueue {
@@ -53,8 +86,12 @@ impl JobQueue {
                 jobs: std::collections::VecDeque::with_capacity(capacity.min(1024)),
                 closed: false,
                 serving: threads,
+                running: 0,
+                idle: Vec::with_capacity(threads),
+                watching: Vec::with_capacity(threads),
             }),
-            queued: std::sync::Condvar::new(),
+            wake: (0..threads).map(|_| std::sync::Condvar::new()).collect(),
+            queued: AtomicUsize::new(0),
             capacity,
         }
     }
@@ -65,6 +102,9 @@ impl JobQueue {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Queues a request, waking a thread only when one must (see
+    /// [`QueueState::pick_waker`]; a futex wake is a system call, and a wake-up for a
+    /// thread that then finds nothing to do is two context switches).
     fn push(&self, job: Job) -> Result<(), HostError> {
         let mut s = self.lock();
         if s.closed || s.serving == 0 {
@@ -74,54 +114,110 @@ impl JobQueue {
             return Err(HostError::Overloaded);
         }
         s.jobs.push_back(job);
+        self.queued.store(s.jobs.len(), Ordering::Relaxed);
+        let wake = s.pick_waker();
         drop(s);
-        self.queued.notify_one();
+        if let Some(t) = wake {
+            self.wake[t].notify_one();
+        }
         Ok(())
     }
 
-    /// The oldest request, if any (the caller holds the GIL).
-    fn pop(&self) -> Option<Job> {
-        self.lock().jobs.pop_front()
-    }
-
-    /// Blocks (call it with the GIL released) until a request is queued: true, or the
-    /// host is gone and nothing is left: false.
-    fn wait(&self) -> bool {
-        self.wait_for(None)
-    }
-
-    /// [`JobQueue::wait`], but when a request is already queued and `limit` is given,
-    /// waits up to `limit` instead (for a thread that may not start one yet, see
-    /// [`Admission`]).
-    fn wait_for(&self, limit: Option<Duration>) -> bool {
+    /// The caller (holding the GIL) finished a request (`finished`) and takes the
+    /// oldest one waiting, if `admit` lets it: [`Admit::Alone`] only when the count of
+    /// threads in requests agrees (another thread may have taken one and not yet
+    /// started it).
+    fn next(&self, finished: bool, admit: Admit) -> Option<Job> {
         let mut s = self.lock();
-        if let (Some(limit), false) = (limit, s.jobs.is_empty()) {
-            let (s, _) = self
-                .queued
-                .wait_timeout(s, limit)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            return !(s.closed && s.jobs.is_empty());
+        if finished {
+            s.running -= 1;
         }
-        while s.jobs.is_empty() {
-            if s.closed {
+        let job = if admit.lets_in(s.running) {
+            s.jobs.pop_front()
+        } else {
+            None
+        };
+        if job.is_some() {
+            s.running += 1;
+            self.queued.store(s.jobs.len(), Ordering::Relaxed);
+        }
+        job
+    }
+
+    /// Blocks (call it with the GIL released) until thread `me` may take a request:
+    /// one is queued and, beside a thread in a request, [`Admission`] lets it start
+    /// (true); or the host is gone and nothing is left (false). No Python runs here, so
+    /// a thread that is kept out never takes the GIL from the one serving.
+    fn await_turn(&self, me: usize, admission: &mut Admission, watch: &Watch) -> bool {
+        let mut s = self.lock();
+        loop {
+            if !s.jobs.is_empty() {
+                let admit = if s.running == 0 {
+                    Admit::Start
+                } else {
+                    drop(s);
+                    let admit = admission.check(watch, me);
+                    s = self.lock();
+                    admit
+                };
+                if admit.lets_in(s.running) && !s.jobs.is_empty() {
+                    // More requests than this thread takes: someone must look at them.
+                    if s.jobs.len() > 1
+                        && let Some(t) = s.pick_waker()
+                    {
+                        self.wake[t].notify_one();
+                    }
+                    return true;
+                }
+            } else if s.closed {
                 return false;
             }
-            s = self
-                .queued
-                .wait(s)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if s.running > 0 || !s.jobs.is_empty() {
+                s.watching.push(me);
+                s = self.wake[me]
+                    .wait_timeout(s, Admission::WATCH)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
+                s.watching.retain(|&t| t != me);
+            } else {
+                // Requests come in bursts a few microseconds apart: look for the next
+                // one for a moment (spinning, then yielding the core) before sleeping,
+                // which costs the sender a futex wake and this thread a context switch.
+                drop(s);
+                let backoff = crossbeam_utils::Backoff::new();
+                while !backoff.is_completed() && self.queued.load(Ordering::Relaxed) == 0 {
+                    backoff.snooze();
+                }
+                s = self.lock();
+                if !s.jobs.is_empty() || s.closed {
+                    continue;
+                }
+                s.idle.push(me);
+                while s.idle.contains(&me) && !s.closed {
+                    s = self.wake[me]
+                        .wait(s)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                s.idle.retain(|&t| t != me);
+            }
         }
-        true
     }
 
     /// Every request still waiting.
     fn drain(&self) -> Vec<Job> {
-        self.lock().jobs.drain(..).collect()
+        let mut s = self.lock();
+        self.queued.store(0, Ordering::Relaxed);
+        s.jobs.drain(..).collect()
     }
 
     fn close(&self) {
-        self.lock().closed = true;
-        self.queued.notify_all();
+        let mut s = self.lock();
+        s.closed = true;
+        s.idle.clear();
+        drop(s);
+        for w in &self.wake {
+            w.notify_all();
+        }
     }
 
     /// A thread stopped serving.
@@ -233,10 +329,24 @@ struct Admission {
 
 /// What [`Admission::check`] decided.
 enum Admit {
-    /// Take a request now.
+    /// No other thread is in a request (one may be between two: see
+    /// [`JobQueue::next`]).
+    Alone,
+    /// Every other thread in a request is waiting: take one now.
     Start,
     /// Another thread is running Python: look again in a moment.
     Wait,
+}
+
+impl Admit {
+    /// Whether a thread may take a request, `running` threads being in one.
+    fn lets_in(&self, running: usize) -> bool {
+        match self {
+            Self::Start => true,
+            Self::Alone => running == 0,
+            Self::Wait => false,
+        }
+    }
 }
 
 impl Admission {
@@ -254,6 +364,7 @@ impl Admission {
     /// Whether thread `me` may start a request now (GIL held or not: no Python here).
     fn check(&mut self, watch: &Watch, me: usize) -> Admit {
         let now = Instant::now();
+        let mut alone = true;
         for (i, slot) in watch.threads.iter().enumerate() {
             if i == me {
                 continue;
@@ -262,6 +373,7 @@ impl Admission {
                 self.seen[i] = None;
                 continue;
             };
+            alone = false;
             if now.duration_since(since) >= Self::LONG {
                 continue;
             }
@@ -287,7 +399,7 @@ impl Admission {
                 }
             }
         }
-        Admit::Start
+        if alone { Admit::Alone } else { Admit::Start }
     }
 }
 
@@ -539,26 +651,29 @@ fn worker(app: &Py<PyAny>, queue: &JobQueue, opts: &HostOptions, watch: &Watch, 
             let _ = slot.cpu_clock.set(clock);
         }
         let mut admission = Admission::new(watch.threads.len());
+        let mut finished = false;
         loop {
-            // With other threads, start a request only when those in one are waiting
-            // (see Admission); look again shortly, with the GIL released.
-            if watch.threads.len() > 1 {
-                if let Admit::Wait = admission.check(watch, n) {
-                    if py.detach(|| queue.wait_for(Some(Admission::WATCH))) {
-                        continue;
+            // Take the oldest request while holding the GIL when this thread may start
+            // one now; else wait for that with the GIL released (see JobQueue).
+            let admit = if watch.threads.len() == 1 {
+                Admit::Start
+            } else {
+                admission.check(watch, n)
+            };
+            let job = match queue.next(std::mem::take(&mut finished), admit) {
+                Some(job) => job,
+                None => {
+                    if !py.detach(|| queue.await_turn(n, &mut admission, watch)) {
+                        break;
                     }
-                    break;
+                    let Some(job) = queue.next(false, Admit::Start) else {
+                        continue;
+                    };
+                    job
                 }
-            }
-            // Take the oldest request while holding the GIL; with none, wait for one
-            // with the GIL released (see JobQueue).
-            let Some(job) = queue.pop() else {
-                if py.detach(|| queue.wait()) {
-                    continue;
-                }
-                break;
             };
             handle(py, app, &statics, opts, job, 4, Some(slot));
+            finished = true;
             if lock_slot(slot).take().is_some_and(|b| b.stopped) {
                 watch.stuck.fetch_sub(1, Ordering::SeqCst);
             }
@@ -699,10 +814,9 @@ fn stream(py: Python<'_>, iterable: &Bound<'_, PyAny>, shared: &Shared, id: u64)
     };
     if let Some(block) = single {
         if let Ok(b) = block.cast::<PyBytes>() {
-            let data = b.as_bytes();
-            let chunk =
-                (!data.is_empty()).then(|| BodyChunk::Data(bytes::Bytes::copy_from_slice(data)));
-            let sent = lock(shared).send_whole(chunk, data.len() as u64);
+            let len = b.as_bytes().len();
+            let chunk = (len > 0).then(|| BodyChunk::Data(block_bytes(b)));
+            let sent = lock(shared).send_whole(chunk, len as u64);
             if let Err(why) = sent {
                 let err = pyo3::exceptions::PyRuntimeError::new_err(why);
                 fail(py, shared, id, why, &err);
@@ -743,8 +857,7 @@ fn stream(py: Python<'_>, iterable: &Bound<'_, PyAny>, shared: &Shared, id: u64)
                 &err,
             );
         };
-        let data = block.as_bytes();
-        if data.is_empty() {
+        if block.as_bytes().is_empty() {
             continue;
         }
         let tx = lock(shared).send_head(None);
@@ -756,11 +869,7 @@ fn stream(py: Python<'_>, iterable: &Bound<'_, PyAny>, shared: &Shared, id: u64)
                 return fail(py, shared, id, why, &err);
             }
         };
-        if !send_chunk(
-            py,
-            &tx,
-            BodyChunk::Data(bytes::Bytes::copy_from_slice(data)),
-        ) {
+        if !send_chunk(py, &tx, BodyChunk::Data(block_bytes(block))) {
             return; // the client went away: stop iterating (close() still runs)
         }
     }
@@ -803,5 +912,36 @@ fn send_file(py: Python<'_>, fw: &FileWrapper, shared: &Shared) -> bool {
         }
         Ok(None) => true,
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::QueueState;
+
+    fn state(running: usize, idle: &[usize], watching: &[usize]) -> QueueState {
+        QueueState {
+            jobs: std::collections::VecDeque::new(),
+            closed: false,
+            serving: 3,
+            running,
+            idle: idle.to_vec(),
+            watching: watching.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_request_wakes_a_thread_only_when_nobody_would_see_it() {
+        // Nobody in a request: the thread that went idle last, else a watcher.
+        let mut s = state(0, &[0, 2], &[]);
+        assert_eq!(s.pick_waker(), Some(2));
+        assert_eq!(s.idle, [0]);
+        assert_eq!(state(0, &[], &[1]).pick_waker(), Some(1));
+        // A thread in a request and none watching: an idle one comes to watch.
+        let mut s = state(1, &[0, 2], &[]);
+        assert_eq!(s.pick_waker(), Some(2));
+        // ... and once one watches, a burst wakes nobody else.
+        assert_eq!(state(1, &[0], &[2]).pick_waker(), None);
+        assert_eq!(state(2, &[], &[]).pick_waker(), None);
     }
 }

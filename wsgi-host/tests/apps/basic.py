@@ -46,6 +46,26 @@ def stream(environ, start_response):
 
 
 @validator
+def big_blocks(environ, start_response):
+    """Large blocks (handed to the server without a copy) made fresh and dropped while
+    the body goes out: one written, six yielded, each with its own byte."""
+    write = start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    write(bytes([1]) * 100000)
+
+    def gen():
+        for i in range(2, 8):
+            yield bytes([i]) * (50000 + i)
+    return gen()
+
+
+def big_single(environ, start_response):
+    """One large block, the only item of the list (not validated: the validator's
+    wrapper would hide the list)."""
+    _plain(start_response)
+    return [bytes([int(environ["QUERY_STRING"] or 9)]) * 300000]
+
+
+@validator
 def writer(environ, start_response):
     write = start_response("200 OK", [("Content-Type", "text/plain")])
     write(b"written;")

@@ -67,6 +67,28 @@ async fn write_callable_then_iterable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_blocks_arrive_whole_after_the_app_dropped_them() {
+    // Blocks from 8 KiB up reach the server without a copy, holding the Python object;
+    // the app drops each one (and makes the next) while the body is still on its way.
+    let h = host("big_blocks", 1);
+    let mut want = vec![1u8; 100_000];
+    for i in 2..8u8 {
+        want.extend(std::iter::repeat_n(i, 50_000 + usize::from(i)));
+    }
+    for _ in 0..3 {
+        let r = get(&h, "/").await;
+        assert_eq!(r.head.status, 200);
+        assert!(r.body == want, "the streamed blocks came out changed");
+    }
+    let h = host("big_single", 2);
+    for n in 1..5u8 {
+        let r = get(&h, &format!("/?{n}")).await;
+        assert_eq!(r.head.content_length, Some(300_000));
+        assert!(r.body.iter().all(|&b| b == n) && r.body.len() == 300_000);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exc_info_replaces_the_status_before_headers_go_out() {
     let r = get(&host("exc_info", 1), "/").await;
     assert_eq!((r.head.status, r.text().as_str()), (500, "handled"));

@@ -110,6 +110,31 @@ async fn a_long_cpu_bound_request_does_not_hold_the_other_threads_back() {
     served_beside(&h, "/spin?1.5", "spun").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleeping_requests_sleep_side_by_side_on_as_many_threads() {
+    // A request queued while the others' threads are all in requests must still be
+    // seen by the idle thread left (a burst wakes one watcher, not one thread each).
+    let h = host("misbehave", 3);
+    let _ = get(&h, "/fine").await;
+    let start = Instant::now();
+    let sleep = |h: &wsgi_host::WsgiHost| {
+        let h = h.clone();
+        tokio::spawn(async move { get(&h, "/sleep?1.0").await.text() })
+    };
+    let first = sleep(&h);
+    // The first thread sleeps; two more requests come at once.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (second, third) = (sleep(&h), sleep(&h));
+    for t in [first, second, third] {
+        assert_eq!(t.await.unwrap(), "slept");
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(1600),
+        "three 1 s sleeps on three threads took {:?}",
+        start.elapsed()
+    );
+}
+
 /// Five quick requests are served within a second while `slow` (1.5 s) runs on the
 /// other thread, which then answers `answer`.
 async fn served_beside(h: &wsgi_host::WsgiHost, slow: &'static str, answer: &str) {
