@@ -292,9 +292,22 @@ impl Stack {
 
     /// Serves an accepted connection on `rt` (tracked for the graceful stop).
     pub(crate) fn spawn(self: &Arc<Self>, conn: Conn, proto: Proto, rt: &tokio::runtime::Handle) {
+        self.spawn_counted(conn, proto, rt, ());
+    }
+
+    /// [`Stack::spawn`], holding `count` (a guard that counts the connection) until the
+    /// connection ends.
+    pub(crate) fn spawn_counted<G: Send + 'static>(
+        self: &Arc<Self>,
+        conn: Conn,
+        proto: Proto,
+        rt: &tokio::runtime::Handle,
+        count: G,
+    ) {
         let stack = self.clone();
         self.tracker.spawn_on(
             async move {
+                let _count = count;
                 match conn {
                     Conn::Tcp(s, peer) => {
                         let _ = s.set_nodelay(true);

@@ -82,11 +82,10 @@ pub fn bind_std(addr: &ListenAddr, chmod: Option<&str>) -> std::io::Result<StdLi
     bind_std_inner(addr, chmod, false)
 }
 
-/// A TCP socket in an `SO_REUSEPORT` group: each worker of a master accepts on its own
-/// member, and the kernel spreads new connections across the members by their address
-/// hash (no thundering herd, and a burst of keep-alive connections does not all land on
-/// whichever worker woke first). The master keeps every member open, so connections
-/// queued on a member survive its worker's death until the respawned worker takes them.
+/// A TCP socket for a master's workers, who all accept on it (taking turns, see the
+/// process model). `SO_REUSEPORT` is set so that a reloading master can adopt the
+/// sockets of an earlier image beside it. The master keeps it open, so connections
+/// queued on it survive a worker's death.
 pub fn bind_tcp_shared(addr: std::net::SocketAddr) -> std::io::Result<StdListener> {
     bind_std_inner(&ListenAddr::Tcp(addr), None, true)
 }

@@ -13,6 +13,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use pyo3::prelude::*;
 
+use super::balance::Balance;
 use super::sys::{self, Forked};
 use super::worker::{self, msg};
 use crate::config::Options;
@@ -53,6 +54,8 @@ struct Worker {
     busy: usize,
     state: State,
     killed: bool,
+    /// Its seat in [`Master::balance`].
+    seat: Option<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +90,9 @@ struct Master<'a> {
     announced: bool,
     /// The slot of the front process, if the front runs apart from the workers.
     front_slot: Option<usize>,
+    /// The workers' connection counts, shared with them (none if it could not be
+    /// mapped: the workers then accept whenever they can).
+    balance: Option<Balance>,
 }
 
 /// Whether a front process serves the `--http-to` listeners apart from the app workers.
@@ -126,15 +132,10 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let mut inherited = inherited;
     let mut listeners = Vec::new();
     for (addr, proto) in listen_addrs(o)? {
-        // TCP: one SO_REUSEPORT member per worker slot (always in a group, so a reload
-        // with more processes can add members); unix: one socket for all.
-        // Every member must have a process accepting on it: the front's listeners belong
-        // to the front process alone when it runs apart.
-        let members = match addr {
-            ListenAddr::Tcp(_) if split_front(o) && proto.is_front() => 1,
-            ListenAddr::Tcp(_) => processes,
-            ListenAddr::Unix(_) => 1,
-        };
+        // One socket for all the workers, who take turns (see `balance`); a TCP socket
+        // has SO_REUSEPORT set, so a previous image's members can still be inherited.
+        // The front's listeners belong to the front process alone when it runs apart.
+        let members = 1;
         let mut sockets = Vec::new();
         while sockets.len() < members {
             let name = addr.to_string();
@@ -223,8 +224,14 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
                 busy: 0,
                 state: State::Old,
                 killed: false,
+                seat: None, // in the previous image's balance
             })
             .collect(),
+        // Two seats per process: a retiring worker keeps its seat while its replacement
+        // takes another.
+        balance: Balance::new(2 * processes)
+            .inspect_err(|e| tracing::warn!("connection balance unavailable: {e}"))
+            .ok(),
         // A front (`--http` with `--http-to`) beside app listeners runs in a process of its
         // own (the last slot), as uWSGI's HTTP router does; the workers serve the app.
         front_slot: split_front(o).then_some(processes + 1),
@@ -334,6 +341,14 @@ impl Master<'_> {
 
     fn spawn(&mut self, id: usize) -> anyhow::Result<()> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        // A free seat in the balance for an app worker (the front process is alone on
+        // its listeners).
+        let seat = match &self.balance {
+            Some(b) if self.front_slot != Some(id) => (0..b.len())
+                .find(|n| self.workers.iter().all(|w| w.seat != Some(*n)))
+                .inspect(|&n| b.clear(n)),
+            _ => None,
+        };
         let master = nix::unistd::getpid();
         match sys::fork()? {
             Forked::Child => {
@@ -354,6 +369,7 @@ impl Master<'_> {
                         (&l.sockets[member], l.proto)
                     })
                     .collect();
+                let seat = seat.and_then(|n| self.balance.as_ref()?.seat(n));
                 let start = worker::Start {
                     id,
                     options: self.o,
@@ -363,6 +379,7 @@ impl Master<'_> {
                     max_requests: self.max_requests(id),
                     front,
                     master,
+                    seat,
                 };
                 worker::run(start)
             }
@@ -389,6 +406,7 @@ impl Master<'_> {
                     busy: 0,
                     state: State::Serving,
                     killed: false,
+                    seat,
                 });
                 Ok(())
             }
@@ -501,6 +519,9 @@ impl Master<'_> {
                 continue;
             };
             let w = self.workers.swap_remove(i);
+            if let (Some(b), Some(n)) = (&self.balance, w.seat) {
+                b.clear(n); // counted out even if it died holding connections
+            }
             match &w.state {
                 State::Retiring { reason, .. } => {
                     tracing::info!(

@@ -4,8 +4,10 @@
 //! `--processes` workers before any runtime or thread exists, so the workers share the
 //! loaded pages (copy on write) as uWSGI's do. Each worker builds its own tokio runtime
 //! and `--threads` Python threads, and accepts with one blocking `accept` thread per
-//! listener: the kernel wakes a single waiter per connection (no thundering herd) and
-//! serves waiters in turn, which spreads connections across workers.
+//! listener on the socket all workers share: the kernel wakes a single waiter per
+//! connection (no thundering herd), and a worker holding more connections than another
+//! waits before it accepts again (connection counts in memory shared by the workers), so
+//! a client's pool of keep-alive connections spreads evenly.
 //!
 //! The master is a single-threaded `poll` loop over a signalfd, one pipe per worker
 //! (`ready`, request counters, `retire <reason>`, `reload`) and the optional stats
@@ -16,6 +18,7 @@
 //! and passes the sockets by number; the old workers serve until the new ones are ready),
 //! and stops gracefully on SIGTERM/SIGINT.
 
+mod balance;
 mod master;
 mod sys;
 mod worker;

@@ -1,6 +1,7 @@
 //! The few system calls the process model needs that have no safe wrapper: `fork` (with
-//! CPython's fork hooks), a no-op signal handler, ignoring signals, and adopting inherited
-//! descriptors. Every `unsafe` block says why it is sound.
+//! CPython's fork hooks), a no-op signal handler, ignoring signals, adopting inherited
+//! descriptors, and memory shared with the workers. Every `unsafe` block says why it is
+//! sound.
 #![allow(unsafe_code)]
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -154,4 +155,28 @@ pub(crate) fn take_env(name: &str) -> Option<String> {
         unsafe { std::env::remove_var(name) };
     }
     Some(value)
+}
+
+/// `n` zeroed atomic counters in an anonymous `MAP_SHARED` mapping: the processes forked
+/// after this call share them (see [`super::balance`]).
+pub(crate) fn shared_counters(
+    n: usize,
+) -> std::io::Result<&'static [std::sync::atomic::AtomicU32]> {
+    use std::sync::atomic::AtomicU32;
+    let len = std::num::NonZeroUsize::new(n * size_of::<AtomicU32>())
+        .ok_or_else(|| std::io::Error::other("no counters"))?;
+    // SAFETY: a fresh anonymous mapping (no address hint, no file) aliases nothing.
+    let ptr = unsafe {
+        nix::sys::mman::mmap_anonymous(
+            None,
+            len,
+            nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+            nix::sys::mman::MapFlags::MAP_SHARED,
+        )
+    }?;
+    // SAFETY: the mapping is `len` bytes, page-aligned (so aligned for AtomicU32) and
+    // zero-filled by the kernel (any 4 bytes are a valid AtomicU32); it is never
+    // unmapped, so it lives as long as the process ('static). Other processes share it,
+    // but every access, here and there, is an atomic operation, so no data race exists.
+    Ok(unsafe { std::slice::from_raw_parts(ptr.as_ptr().cast::<AtomicU32>(), n) })
 }

@@ -11,6 +11,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use pyo3::prelude::*;
 use wsgi_host::WsgiHost;
 
+use super::balance::Seat;
 use super::sys;
 use crate::config::Options;
 use crate::listen::StdListener;
@@ -32,6 +33,9 @@ pub(crate) struct Start<'a> {
     pub(crate) front: bool,
     /// The master's pid (the parent this worker must outlive no longer than a moment).
     pub(crate) master: nix::unistd::Pid,
+    /// This worker's seat in the connection balance of the workers (none: it accepts
+    /// whenever it can).
+    pub(crate) seat: Option<Seat>,
 }
 
 /// Lines a worker sends the master.
@@ -64,6 +68,7 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
         max_requests,
         front,
         master,
+        seat,
     } = start;
     let app = app.filter(|_| !front); // the front runs no Python
     crate::access::set_worker(id);
@@ -119,6 +124,9 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
         Stack::new(o, host)?
     };
     let acceptors = Arc::new(Acceptors::default());
+    if let Some(seat) = seat {
+        seat.accepting(true);
+    }
     for (n, (l, proto)) in listeners.iter().enumerate() {
         let l = match l {
             StdListener::Tcp(t) => StdListener::Tcp(t.try_clone()?),
@@ -132,7 +140,7 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
         );
         let thread = std::thread::Builder::new()
             .name(format!("accept-{n}"))
-            .spawn(move || accept_loop(&l, proto, &stack, &a.stop, &rt))?;
+            .spawn(move || accept_loop(&l, proto, &stack, &a.stop, seat, &rt))?;
         acceptors.lock().push(thread);
     }
     send(msg::READY);
@@ -161,6 +169,9 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     // Graceful stop: no new connections, the accepted ones finish.
+    if let Some(seat) = seat {
+        seat.accepting(false);
+    }
     acceptors.stop();
     tracing::info!(
         "{role} {id} (pid {}) stopping: {} connection(s) to finish",
@@ -175,16 +186,20 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
 }
 
 /// Accepts with a blocking `accept` on the shared socket: the kernel wakes one waiting
-/// thread per connection (no thundering herd) and queues waiters in turn, so connections
-/// spread across workers.
+/// thread per connection (no thundering herd), and with a `seat` a worker with more
+/// connections than another waits before it accepts again (see [`super::balance`]).
 fn accept_loop(
     l: &StdListener,
     proto: Proto,
     stack: &Arc<Stack>,
     stop: &AtomicBool,
+    seat: Option<Seat>,
     rt: &tokio::runtime::Handle,
 ) {
     while !stop.load(Ordering::SeqCst) {
+        if let Some(seat) = seat {
+            seat.wait_turn(|| stop.load(Ordering::SeqCst));
+        }
         // socket2's accept returns EINTR (std's retries it), so the stop signal wakes it.
         let accepted = socket2::SockRef::from(&l.as_fd())
             .accept()
@@ -198,7 +213,7 @@ fn accept_loop(
             });
         match accepted {
             // Even when stopping: a connection accepted is served.
-            Ok(c) => stack.spawn(c, proto, rt),
+            Ok(c) => stack.spawn_counted(c, proto, rt, seat.map(Seat::opened)),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 tracing::warn!("accept: {e}");
