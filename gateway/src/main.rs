@@ -8,6 +8,9 @@ use std::process::ExitCode;
 static ALLOCATOR: gateway::alloc::Allocator = gateway::alloc::Allocator;
 
 fn main() -> ExitCode {
+    // Python's larger objects come from glibc: keep its heaps from shrinking and growing
+    // back at every request (see `tune_libc_malloc`).
+    gateway::alloc::tune_libc_malloc();
     let (options, warnings) = match gateway::config::parse(std::env::args()) {
         Ok(parsed) => parsed,
         Err(e) => {
