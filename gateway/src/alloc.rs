@@ -141,7 +141,7 @@ mod tests {
             for _ in 0..50 {
                 // SAFETY: plain malloc/free pairs; each block is written within its size.
                 unsafe {
-                    let blocks: Vec<*mut nix::libc::c_void> =
+                    let blocks: Vec<*mut c_void> =
                         (0..4).map(|_| nix::libc::malloc(65536)).collect();
                     for &b in &blocks {
                         assert!(!b.is_null());
