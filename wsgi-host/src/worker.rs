@@ -40,10 +40,9 @@ struct Job {
 /// 2 s, p99 over 100 ms): CPython hands the GIL over by force only when its holder has
 /// kept it for a whole switch interval, and a holder that releases and takes it again
 /// between requests never has. Here idle threads wait with the GIL released until a
-/// request is queued, then compete for the GIL, and the winner takes the oldest request;
-/// a thread keeps the GIL from one request to the next while requests are waiting.
-/// A request wakes a thread only when no thread would otherwise see it soon (see
-/// [`QueueState::pick_waker`]).
+/// request is queued, then take the GIL and the oldest request; a thread keeps the GIL
+/// from one request to the next while requests are waiting. A request wakes a thread
+/// only when no thread would otherwise see it soon (see [`QueueState::pick_waker`]).
 struct JobQueue {
     state: Mutex<QueueState>,
     /// One per thread, so a request wakes exactly the thread chosen for it.
