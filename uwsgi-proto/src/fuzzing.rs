@@ -73,7 +73,7 @@ pub fn incremental(input: &[u8], pieces: &[usize], limits: &Limits) -> (Outcome,
 }
 
 /// Checks that the incremental decoder, fed `input` in `pieces`, agrees with the one-shot
-/// [`reference`]: same head or same error, and exactly the body bytes that followed.
+/// [`reference()`]: same head or same error, and exactly the body bytes that followed.
 /// While the input is incomplete, the decoder may already report a vars error that the
 /// one-shot parser cannot see yet (it knows `datasize`, so a length running past it is
 /// wrong before the bytes arrive).

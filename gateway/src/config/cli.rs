@@ -145,7 +145,7 @@ pub struct Options {
     /// Prefix the stats server's JSON with an HTTP response head (for curl and browsers).
     #[arg(long)]
     pub stats_http: bool,
-    /// Read options from the [uwsgi] section of an ini file (several allowed).
+    /// Read options from the `[uwsgi]` section of an ini file (several allowed).
     #[arg(long, value_name = "FILE")]
     pub ini: Vec<PathBuf>,
     /// Disable the access log.
