@@ -102,10 +102,7 @@ pub fn tune_libc_malloc() -> bool {
     let user_set = ["MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"]
         .iter()
         .any(|v| std::env::var_os(v).is_some());
-    if user_set || !cfg!(all(target_os = "linux", target_env = "gnu")) {
-        return false;
-    }
-    set_libc_thresholds(2 << 20, 1 << 20)
+    !user_set && set_libc_thresholds(2 << 20, 1 << 20)
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

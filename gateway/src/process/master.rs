@@ -65,11 +65,11 @@ struct Slot {
     respawns: u64,
 }
 
-/// A configured listen address and its sockets (one per worker slot for TCP).
+/// A configured listen address and its socket (shared by the processes that serve it).
 struct Listen {
     addr: ListenAddr,
     proto: Proto,
-    sockets: Vec<StdListener>,
+    socket: StdListener,
 }
 
 struct Master<'a> {
@@ -133,33 +133,29 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let mut listeners = Vec::new();
     for (addr, proto) in listen_addrs(o)? {
         // One socket for all the workers, who take turns (see `balance`); a TCP socket
-        // has SO_REUSEPORT set, so a previous image's members can still be inherited.
+        // has SO_REUSEPORT set, so a previous image's members can still be inherited
+        // (the first one per address is kept, the others closed below).
         // The front's listeners belong to the front process alone when it runs apart.
-        let members = 1;
-        let mut sockets = Vec::new();
-        while sockets.len() < members {
-            let name = addr.to_string();
-            let l = match inherited.iter().position(|(a, _)| *a == name) {
-                Some(i) => {
-                    let (_, fd) = inherited.remove(i);
-                    match &addr {
-                        ListenAddr::Tcp(_) => StdListener::Tcp(fd.into()),
-                        ListenAddr::Unix(p) => StdListener::Unix(fd.into(), p.clone()),
-                    }
+        let name = addr.to_string();
+        let socket = match inherited.iter().position(|(a, _)| *a == name) {
+            Some(i) => {
+                let (_, fd) = inherited.remove(i);
+                match &addr {
+                    ListenAddr::Tcp(_) => StdListener::Tcp(fd.into()),
+                    ListenAddr::Unix(p) => StdListener::Unix(fd.into(), p.clone()),
                 }
-                None => match &addr {
-                    ListenAddr::Tcp(a) => listen::bind_tcp_shared(*a),
-                    ListenAddr::Unix(_) => listen::bind_std(&addr, o.chmod_socket.as_deref()),
-                }
-                .with_context(|| format!("binding {addr}"))?,
-            };
-            sockets.push(l);
-        }
+            }
+            None => match &addr {
+                ListenAddr::Tcp(a) => listen::bind_tcp_shared(*a),
+                ListenAddr::Unix(_) => listen::bind_std(&addr, o.chmod_socket.as_deref()),
+            }
+            .with_context(|| format!("binding {addr}"))?,
+        };
         tracing::info!("{proto:?} listening on {addr}");
         listeners.push(Listen {
             addr,
             proto,
-            sockets,
+            socket,
         });
     }
     drop(inherited); // addresses no longer configured: closed
@@ -357,17 +353,13 @@ impl Master<'_> {
                 self.signals = None;
                 self.stats = None;
                 self.workers.clear();
-                // This slot's member of each TCP group, and the unix sockets.
                 // The front process takes the front's listeners, the workers the rest.
                 let front = self.front_slot == Some(id);
                 let listeners: Vec<(&StdListener, Proto)> = self
                     .listeners
                     .iter()
                     .filter(|l| self.front_slot.is_none() || l.proto.is_front() == front)
-                    .map(|l| {
-                        let member = if front { 0 } else { (id - 1) % l.sockets.len() };
-                        (&l.sockets[member], l.proto)
-                    })
+                    .map(|l| (&l.socket, l.proto))
                     .collect();
                 let seat = seat.and_then(|n| self.balance.as_ref()?.seat(n));
                 let start = worker::Start {
@@ -481,10 +473,9 @@ impl Master<'_> {
     fn reexec(&mut self) -> anyhow::Result<()> {
         let mut fds = String::new();
         for l in &self.listeners {
-            for s in &l.sockets {
-                fcntl(s.as_fd(), FcntlArg::F_SETFD(FdFlag::empty()))?;
-                fds.push_str(&format!("{} {}\n", s.as_fd().as_raw_fd(), l.addr));
-            }
+            let s = &l.socket;
+            fcntl(s.as_fd(), FcntlArg::F_SETFD(FdFlag::empty()))?;
+            fds.push_str(&format!("{} {}\n", s.as_fd().as_raw_fd(), l.addr));
         }
         let old: Vec<String> = self
             .workers
@@ -498,8 +489,8 @@ impl Master<'_> {
             .env(ENV_OLD, old.join(","))
             .exec();
         // exec returned: it failed. Back to close-on-exec.
-        for s in self.listeners.iter().flat_map(|l| &l.sockets) {
-            let _ = fcntl(s.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+        for l in &self.listeners {
+            let _ = fcntl(l.socket.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
         }
         Err(err).with_context(|| format!("executing {}", exe.display()))
     }
