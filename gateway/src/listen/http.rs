@@ -181,7 +181,7 @@ pub async fn serve_connection_until<S>(
         .timer(super::timer::ConnTimer::default())
         .header_read_timeout(app.head_timeout)
         .serve_connection(
-            TokioIo::new(io),
+            TokioIo::new(super::reads::SmallReads(io)),
             PerConnection::new(app, peer, local, false, &first),
         );
     tokio::pin!(conn);
@@ -223,7 +223,7 @@ pub async fn serve_tls_connection_until<S>(
         .timer(super::timer::ConnTimer::default())
         .header_read_timeout(app.head_timeout);
     let conn = builder.serve_connection(
-        TokioIo::new(stream),
+        TokioIo::new(super::reads::SmallReads(stream)),
         PerConnection::new(app, peer, local, true, &first),
     );
     tokio::pin!(conn);

@@ -3,6 +3,7 @@
 mod addr;
 pub mod fastcgi;
 pub mod http;
+mod reads;
 pub mod respond;
 pub mod scgi;
 mod stop;
