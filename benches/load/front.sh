@@ -10,11 +10,14 @@
 # Printed: requests/s, p99, and the front's CPU time per request (its utime+stime over the
 # run divided by the requests), with the gateway's ratios against nginx. The gateway runs
 # one event-loop thread, as nginx's one worker does (FRONT_THREADS=N gives it N).
+# SYSCALLS=1 also counts each front's system calls per request under strace (wrk -c8 for
+# 2 s per case): a count, which this noisy box does not blur as it blurs times.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DUR=${1:-5}
 command -v wrk >/dev/null || { echo "wrk is missing: bash scripts/install-deps.sh"; exit 1; }
 command -v nginx >/dev/null || { echo "nginx is missing: bash scripts/install-deps.sh"; exit 1; }
+if [ -n "${SYSCALLS:-}" ]; then command -v strace >/dev/null || { echo "strace is missing: apt-get install strace"; exit 1; }; fi
 cargo build -q --release -p gateway
 GATEWAY=$PWD/target/release/gateway
 PYBIN=$(python3 -c 'import sys,os;print(os.path.dirname(sys.executable))')
@@ -57,6 +60,27 @@ bench() { # name pid url
   echo "$name $url ${rps:-0} ${p99:-?} $(( (after - before) * 1000000 / TICKS )) ${reqs:-1}" >>"$OUT/results"
 }
 
+syscalls() { # name pid url: system calls per request, counted by strace
+  local name=$1 pid=$2 url=$3 n tracer
+  strace -c -f -p "$pid" -o "$OUT/strace" 2>/dev/null &
+  tracer=$!
+  sleep 0.5
+  n=$(wrk -t1 -c8 -d2s "$url" 2>&1 | awk '/requests in/ {print $1}')
+  kill -INT "$tracer" 2>/dev/null || true
+  wait "$tracer" 2>/dev/null || true
+  # strace -c columns: % time, seconds, usecs/call, calls, [errors,] syscall.
+  awk -v n="${n:-0}" -v who="$name" -v url="$url" '
+    $NF == "total" { total = $4 }
+    $NF != "total" && $4 ~ /^[0-9]+$/ && $4 > 0 { calls[$NF] = $4 }
+    END {
+      if (n == 0) { printf "%-8s %-40s no requests\n", who, url; exit }
+      line = ""
+      for (k = 0; k < 6; k++) { best = ""; for (c in calls) if (best == "" || calls[c] > calls[best]) best = c
+        if (best == "") break; line = line sprintf(" %s %.2f", best, calls[best] / n); delete calls[best] }
+      printf "%-8s %-40s %6.2f per request:%s\n", who, url, total / n, line
+    }' "$OUT/strace"
+}
+
 # nginx, one worker.
 NPORT=$PORT; GPORT=$((PORT + 1))
 mkdir -p "$OUT/nginx"
@@ -83,6 +107,14 @@ for path in /4k.bin /1m.bin /return /app/hello; do
   bench nginx "$NGINX" "http://127.0.0.1:$NPORT$path"
   bench gateway "$GW" "http://127.0.0.1:$GPORT$path"
 done
+
+if [ -n "${SYSCALLS:-}" ]; then
+  echo "system calls per request (strace -c, wrk -t1 -c8 -d2s):"
+  for path in /4k.bin /1m.bin /return /app/hello; do
+    syscalls nginx "$NGINX" "http://127.0.0.1:$NPORT$path"
+    syscalls gateway "$GW" "http://127.0.0.1:$GPORT$path"
+  done
+fi
 
 echo
 echo "wrk -t1 -c32 -d${DUR}s; nginx: 1 worker; gateway: --nginx-conf, 1 process, ${FRONT_THREADS:-1} thread(s); same uWSGI behind both"
