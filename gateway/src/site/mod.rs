@@ -1348,19 +1348,25 @@ impl Site {
         B: http_body::Body<Data = Bytes> + Send + Unpin,
         B::Error: std::fmt::Display,
     {
-        // HTTP/2 carries the host in :authority: it is the Host header, as for nginx.
-        if !req.headers().contains_key(header::HOST) {
-            let authority = req.uri().authority().map(|a| a.as_str().to_owned());
-            if let Some(v) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
-                req.headers_mut().insert(header::HOST, v);
+        let server = match req.headers().get(header::HOST) {
+            Some(h) => self.server(listen, h.to_str().ok().map(vars::without_port)),
+            None => {
+                // HTTP/2 carries the host in :authority: it is the Host header, as for
+                // nginx.
+                let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+                let host = authority.and_then(|a| HeaderValue::from_str(&a).ok());
+                let server = self.server(
+                    listen,
+                    host.as_ref()
+                        .and_then(|h| h.to_str().ok())
+                        .map(vars::without_port),
+                );
+                if let Some(v) = host {
+                    req.headers_mut().insert(header::HOST, v);
+                }
+                server
             }
-        }
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(vars::without_port);
-        let server = self.server(listen, host);
+        };
         picked.take(&server.base);
         // The request target stays readable after the request is handed on (a clone of
         // the URI shares its bytes).
@@ -1395,12 +1401,16 @@ impl Site {
                     return error_page(StatusCode::PAYLOAD_TOO_LARGE);
                 }
             }
-            let root = location
-                .and_then(|l| l.alias.as_ref())
-                .or(settings.root.as_ref())
-                .map(|p| p.to_string_lossy())
-                .unwrap_or_default();
+            // $document_root, written out only where a variable may ask for it.
+            let root_text = || {
+                location
+                    .and_then(|l| l.alias.as_ref())
+                    .or(settings.root.as_ref())
+                    .map(|p| p.to_string_lossy())
+                    .unwrap_or_default()
+            };
             if let Some(ret) = &settings.ret {
+                let root = root_text();
                 let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
                 return returned(ret, &vars, &settings.default_type);
             }
@@ -1410,6 +1420,7 @@ impl Site {
                 ..
             }) = location
             {
+                let root = root_text();
                 let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
                 let headers: Vec<(String, String)> = headers
                     .iter()
@@ -1432,6 +1443,7 @@ impl Site {
                 let extra = match params {
                     PassParams::Fixed(list) => list,
                     PassParams::Templates(params) => {
+                        let root = root_text();
                         let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
                         extra = params
                             .iter()
@@ -1466,6 +1478,7 @@ impl Site {
                     .await;
                 return r;
             };
+            let root = root_text();
             let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
             let (last, tries) = try_files.split_last().unwrap_or((&try_files[0], &[]));
             let mut found = None;
