@@ -62,18 +62,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    // One runtime thread: tokio's current-thread scheduler on this thread, which polls
-    // and wakes tasks without the multi-thread scheduler's cross-thread machinery (a
-    // `return 200` of the front: 11,000 -> 10,600 instructions per request, callgrind).
-    let threads = gateway::single_process_threads(&options);
-    let mut builder = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(threads);
-        b
-    };
-    let runtime = match builder.enable_all().build() {
+    let runtime = match gateway::build_runtime(gateway::single_process_threads(&options)) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -72,7 +72,8 @@ impl StdListener {
 }
 
 /// Binds `addr`; a unix socket replaces a stale socket file and gets `chmod` (octal, as
-/// uWSGI's `--chmod-socket`).
+/// uWSGI's `--chmod-socket`). An address another server listens on (a TCP port, or a
+/// unix socket that accepts a connection) is an `AddrInUse` error.
 pub async fn bind(addr: &ListenAddr, chmod: Option<&str>) -> std::io::Result<Listener> {
     bind_std(addr, chmod)?.into_tokio()
 }
@@ -80,30 +81,13 @@ pub async fn bind(addr: &ListenAddr, chmod: Option<&str>) -> std::io::Result<Lis
 /// [`bind`] without a runtime: a blocking-mode socket (SO_REUSEADDR for TCP, a backlog
 /// of [`BACKLOG`]).
 pub fn bind_std(addr: &ListenAddr, chmod: Option<&str>) -> std::io::Result<StdListener> {
-    bind_std_inner(addr, chmod, false)
-}
-
-/// A TCP socket for a master's workers, who all accept on it (taking turns, see the
-/// process model). `SO_REUSEPORT` is set so that a reloading master can adopt the
-/// sockets of an earlier image beside it. The master keeps it open, so connections
-/// queued on it survive a worker's death.
-pub fn bind_tcp_shared(addr: std::net::SocketAddr) -> std::io::Result<StdListener> {
-    bind_std_inner(&ListenAddr::Tcp(addr), None, true)
-}
-
-fn bind_std_inner(
-    addr: &ListenAddr,
-    chmod: Option<&str>,
-    reuse_port: bool,
-) -> std::io::Result<StdListener> {
     use socket2::{Domain, SockAddr, Socket, Type};
     match addr {
         ListenAddr::Tcp(a) => {
             let s = Socket::new(Domain::for_address(*a), Type::STREAM, None)?;
+            // SO_REUSEADDR only: a port some other process listens on is refused with
+            // "Address already in use" (as uWSGI and nginx do), never silently shared.
             s.set_reuse_address(true)?;
-            if reuse_port {
-                s.set_reuse_port(true)?;
-            }
             if a.is_ipv6() {
                 s.set_only_v6(true)?;
             }
@@ -116,6 +100,17 @@ fn bind_std_inner(
                 use std::os::unix::fs::FileTypeExt;
                 m.file_type().is_socket()
             }) {
+                // A stale file (left by a killed server) is replaced, as uWSGI does; one
+                // a live server still accepts on is not taken over.
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        format!(
+                            "address already in use: a server listens on {}",
+                            path.display()
+                        ),
+                    ));
+                }
                 std::fs::remove_file(path)?;
             }
             let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;

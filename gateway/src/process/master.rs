@@ -132,9 +132,8 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let mut inherited = inherited;
     let mut listeners = Vec::new();
     for (addr, proto) in listen_addrs(o)? {
-        // One socket for all the workers, who take turns (see `balance`); a TCP socket
-        // has SO_REUSEPORT set, so a previous image's members can still be inherited
-        // (the first one per address is kept, the others closed below).
+        // One socket for all the workers, who take turns (see `balance`). A reloaded
+        // image inherits it (the first one per address is kept, any other closed below).
         // The front's listeners belong to the front process alone when it runs apart.
         let name = addr.to_string();
         let socket = match inherited.iter().position(|(a, _)| *a == name) {
@@ -145,11 +144,8 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
                     ListenAddr::Unix(p) => StdListener::Unix(fd.into(), p.clone()),
                 }
             }
-            None => match &addr {
-                ListenAddr::Tcp(a) => listen::bind_tcp_shared(*a),
-                ListenAddr::Unix(_) => listen::bind_std(&addr, o.chmod_socket.as_deref()),
-            }
-            .with_context(|| format!("binding {addr}"))?,
+            None => listen::bind_std(&addr, o.chmod_socket.as_deref())
+                .with_context(|| format!("binding {addr}"))?,
         };
         tracing::info!("{proto:?} listening on {addr}");
         listeners.push(Listen {

@@ -115,10 +115,10 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
     } else {
         o.processes.unwrap_or(1).max(1)
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(crate::server::runtime_threads(processes, host.is_some()))
-        .enable_all()
-        .build()?;
+    // This thread stays in `block_on` (below) while the worker serves, so a current-thread
+    // runtime is driven the whole time.
+    let runtime =
+        crate::server::build_runtime(crate::server::runtime_threads(processes, host.is_some()))?;
     let stack = {
         let _runtime = runtime.enter(); // for the site's background tasks
         Stack::new(o, host)?

@@ -671,3 +671,96 @@ fn no_worker_outlives_a_killed_master() {
         );
     }
 }
+
+/// A second server on an address the first listens on fails at start, naming the
+/// address, and leaves the first one serving everything (uWSGI's and nginx's "Address
+/// already in use"; a port shared by SO_REUSEPORT would split the traffic silently).
+#[test]
+fn a_second_gateway_on_a_taken_address_fails_and_the_first_keeps_serving() {
+    let dir = testkit::temp_dir();
+    let addr = local();
+    let sock = dir.path().join("app.sock");
+    let sock_arg = sock.display().to_string();
+    let first = start(
+        dir.path(),
+        addr,
+        &["--processes", "2", "--socket", &sock_arg],
+    );
+    let (_, body) = get(addr, "/").unwrap();
+    let master = first.pid();
+    let workers = worker_pids_of(master);
+    assert!(workers.contains(&pid_of(&body)), "{body} vs {workers:?}");
+
+    let addr_arg = addr.to_string();
+    let cases: [(&str, Vec<&str>); 4] = [
+        ("tcp, master", vec!["--http", &addr_arg, "--processes", "2"]),
+        ("tcp, one process", vec!["--http", &addr_arg]),
+        (
+            "unix, master",
+            vec!["--socket", &sock_arg, "--processes", "2"],
+        ),
+        ("unix, one process", vec!["--socket", &sock_arg]),
+    ];
+    for (case, args) in cases {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        cmd.args(&args)
+            .args(["--wsgi-file", "app.py"])
+            .current_dir(dir.path());
+        let log = dir.path().join("second.log");
+        let mut second = Peer::spawn("second gateway", cmd, Some(&log));
+        let status = second.wait_exit(Duration::from_secs(20));
+        let said = second.log();
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "{case}: the second gateway started ({status:?}): {said}"
+        );
+        assert!(
+            said.contains("in use") && said.contains("binding"),
+            "{case}: {said}"
+        );
+        // Everything still reaches the first one's workers.
+        for _ in 0..20 {
+            let (status, body) = get(addr, "/").unwrap();
+            assert_eq!(status, 200, "{case}");
+            assert!(
+                workers.contains(&pid_of(&body)),
+                "{case}: {body} vs {workers:?}"
+            );
+        }
+        assert!(sock.exists(), "{case}: the first one's socket file is gone");
+        let mut s = std::os::unix::net::UnixStream::connect(&sock)
+            .unwrap_or_else(|e| panic!("{case}: the first one's unix socket: {e}"));
+        // uwsgi packet: GET / (vars REQUEST_METHOD, PATH_INFO).
+        let mut vars = Vec::new();
+        for (k, v) in [("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")] {
+            for part in [k, v] {
+                vars.extend_from_slice(&(part.len() as u16).to_le_bytes());
+                vars.extend_from_slice(part.as_bytes());
+            }
+        }
+        let mut packet = vec![0u8];
+        packet.extend_from_slice(&(vars.len() as u16).to_le_bytes());
+        packet.push(0);
+        packet.extend_from_slice(&vars);
+        s.write_all(&packet).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        assert!(
+            text.starts_with("HTTP/1.") && text.contains(" 200 "),
+            "{case}: {text}"
+        );
+        let pid: u32 = text.rsplit(' ').next().unwrap().trim().parse().unwrap();
+        assert!(workers.contains(&pid), "{case}: {pid} vs {workers:?}");
+    }
+}
+
+/// The worker PIDs of master `master` (its children).
+fn worker_pids_of(master: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
