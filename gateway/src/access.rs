@@ -575,11 +575,10 @@ pub fn install(logs: Vec<AccessLog>) {
     let _ = DEFAULT.set(logs.into_iter().map(Arc::new).collect());
 }
 
-/// The process's default logs.
-pub fn default_logs() -> Logs {
-    DEFAULT
-        .get_or_init(|| Arc::new([Arc::new(AccessLog::to_log(Format::uwsgi_style()))]))
-        .clone()
+/// The process's default logs (borrowed: a request clones them only when it has a line
+/// to write).
+pub fn default_logs() -> &'static Logs {
+    DEFAULT.get_or_init(|| Arc::new([Arc::new(AccessLog::to_log(Format::uwsgi_style()))]))
 }
 
 /// Names this process's worker number (`%(wid)`).
@@ -645,7 +644,7 @@ pub fn attach(
 /// environment (uwsgi, FastCGI, SCGI), or `None` when no line would be written.
 pub fn for_env(env: &cgi_family::Env) -> Option<Pending> {
     let logs = default_logs();
-    any_enabled(&logs).then(|| Pending::new(logs, Record::from_env(env.iter())))
+    any_enabled(logs).then(|| Pending::new(logs.clone(), Record::from_env(env.iter())))
 }
 
 /// The access logs `--disable-logging`, `--logformat` and `--req-logger` ask for.

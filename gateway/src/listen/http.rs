@@ -103,20 +103,22 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
         if !self.first.0.swap(true, Ordering::SeqCst) {
             self.first.1.notify_one();
         }
-        let app = self.app.clone();
         let conn = self.conn.clone();
+        // A site's requests get a future of their own: it is moved into its box at every
+        // request, and the other backends' states would make it larger.
+        if let Backend::Site { site, listen } = &self.app.backend {
+            let (site, listen) = (site.clone(), *listen);
+            return Box::pin(async move {
+                let record = log_record(&req, &conn, site.has_own_logs());
+                let response = site.handle(req, listen, &conn).await;
+                Ok(with_log(response, record))
+            });
+        }
+        let app = self.app.clone();
         let wsgi = self.wsgi.clone();
         Box::pin(async move {
-            // The request's facts for its access-log line (only when a line may be
-            // written: by default, or to a site's own `access_log`).
-            let logs = crate::access::default_logs();
-            let own = matches!(&app.backend, Backend::Site { site, .. } if site.has_own_logs());
-            let record = (own || crate::access::any_enabled(&logs)).then(|| {
-                crate::access::Record::from_request(&req, conn.peer().map(|p| p.ip()), conn.https())
-            });
-            let response = if let Backend::Site { site, listen } = &app.backend {
-                site.handle(req, *listen, &conn).await
-            } else if let Some(r) = app
+            let record = log_record(&req, &conn, false);
+            let response = if let Some(r) = app
                 .statics
                 .serve(req.method(), req.uri().path(), req.headers())
                 .await
@@ -143,14 +145,40 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
                     // Boxed: the pass's future is large, and most requests take
                     // another branch (this one's size would be copied for all).
                     Backend::Pass(pass) => Box::pin(pass.handle(req, &conn)).await,
-                    Backend::Site { site, listen } => site.handle(req, *listen, &conn).await,
+                    // (Not reached: a site's requests take the future above.)
+                    Backend::Site { site, listen } => {
+                        Box::pin(site.handle(req, *listen, &conn)).await
+                    }
                 }
             };
-            Ok(match record {
-                Some(record) => crate::access::attach(response, logs, record),
-                None => response,
-            })
+            Ok(with_log(response, record))
         })
+    }
+}
+
+/// The logs and the request's facts for its access-log line, taken only when a line may
+/// be written: by default, or to a site's `own` `access_log`.
+fn log_record(
+    req: &http::Request<hyper::body::Incoming>,
+    conn: &crate::pass::ConnInfo,
+    own: bool,
+) -> Option<(crate::access::Logs, crate::access::Record)> {
+    let logs = crate::access::default_logs();
+    (own || crate::access::any_enabled(logs)).then(|| {
+        let record =
+            crate::access::Record::from_request(req, conn.peer().map(|p| p.ip()), conn.https());
+        (logs.clone(), record)
+    })
+}
+
+/// `response` with its access-log record attached (when one was taken).
+fn with_log(
+    response: http::Response<Body>,
+    record: Option<(crate::access::Logs, crate::access::Record)>,
+) -> http::Response<Body> {
+    match record {
+        Some((logs, record)) => crate::access::attach(response, logs, record),
+        None => response,
     }
 }
 

@@ -198,9 +198,14 @@ impl Value {
     }
 
     fn expand(&self, vars: &RequestVars<'_>) -> Bytes {
+        self.expand_with(|t| vars.expand(t))
+    }
+
+    /// The value, a template written out by `expand` (not called for a fixed value).
+    fn expand_with(&self, expand: impl FnOnce(&str) -> String) -> Bytes {
         match self {
             Self::Fixed(v) => v.clone(),
-            Self::Template(t) => Bytes::from(vars.expand(t)),
+            Self::Template(t) => Bytes::from(expand(t)),
         }
     }
 }
@@ -1313,7 +1318,7 @@ impl Site {
         B::Error: std::fmt::Display,
     {
         let mut picked = Picked {
-            logging: self.own_logs || crate::access::any_enabled(&crate::access::default_logs()),
+            logging: self.own_logs || crate::access::any_enabled(crate::access::default_logs()),
             ..Picked::default()
         };
         let mut r = self.answer(req, listen, conn, &mut picked).await;
@@ -1375,16 +1380,26 @@ impl Site {
         let Ok(path) = cgi_family::normalize_path(raw_path.as_bytes()) else {
             return error_page(StatusCode::BAD_REQUEST);
         };
+        // (`from_utf8` first: its ASCII fast path is quicker than the lossy walk.)
         let mut uri: std::borrow::Cow<'_, str> = match path {
-            std::borrow::Cow::Borrowed(p) => String::from_utf8_lossy(p),
-            std::borrow::Cow::Owned(p) => String::from_utf8_lossy(&p).into_owned().into(),
+            std::borrow::Cow::Borrowed(p) => match std::str::from_utf8(p) {
+                Ok(p) => p.into(),
+                Err(_) => String::from_utf8_lossy(p),
+            },
+            std::borrow::Cow::Owned(p) => match String::from_utf8(p) {
+                Ok(p) => p.into(),
+                Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned().into(),
+            },
         };
         picked.uri(&uri);
         let request_uri = target.path_and_query().map_or("/", |p| p.as_str());
         let args = target.query().unwrap_or("");
         if let Some(ret) = &server.base.ret {
-            let vars = self.vars(&req, conn, request_uri, &uri, args, server, "");
-            return returned(ret, &vars, &server.base.default_type);
+            let expand = |t: &str| {
+                let vars = self.vars(&req, conn, request_uri, &uri, args, server, "");
+                vars.expand(t)
+            };
+            return returned(ret, expand, &server.base.default_type);
         }
         // try_files may redirect internally to another URI (or a named location).
         for _ in 0..10 {
@@ -1392,7 +1407,8 @@ impl Site {
             let settings = location.map_or(&server.base, |l| &l.settings);
             picked.take(settings);
             picked.uri(&uri);
-            if let Some(limit) = settings.max_body {
+            // (A request without a body has nothing to measure.)
+            if let Some(limit) = settings.max_body.filter(|_| !req.body().is_end_stream()) {
                 let length = req
                     .headers()
                     .get(header::CONTENT_LENGTH)
@@ -1410,9 +1426,13 @@ impl Site {
                     .unwrap_or_default()
             };
             if let Some(ret) = &settings.ret {
-                let root = root_text();
-                let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
-                return returned(ret, &vars, &settings.default_type);
+                // The variables are gathered only for a text that has some.
+                let expand = |t: &str| {
+                    let root = root_text();
+                    let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
+                    vars.expand(t)
+                };
+                return returned(ret, expand, &settings.default_type);
             }
             if let Some(Location {
                 proxy: Some((proxy, headers)),
@@ -1624,9 +1644,10 @@ fn stock_params(protocol: Protocol) -> Vec<(String, String)> {
 }
 
 /// nginx's `return code [text|URL]`.
+/// `expand` writes out a text with variables (called only for such a text).
 fn returned(
     ret: &Return,
-    vars: &RequestVars<'_>,
+    expand: impl FnOnce(&str) -> String,
     default_type: &HeaderValue,
 ) -> http::Response<Body> {
     let status = StatusCode::from_u16(ret.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -1634,13 +1655,13 @@ fn returned(
     match &ret.arg {
         Some(a) if redirect => {
             let mut r = error_page(status);
-            if let Ok(v) = HeaderValue::from_maybe_shared(a.expand(vars)) {
+            if let Ok(v) = HeaderValue::from_maybe_shared(a.expand_with(expand)) {
                 r.headers_mut().insert(header::LOCATION, v);
             }
             r
         }
         Some(text) => {
-            let mut r = http::Response::new(Body::full(text.expand(vars)));
+            let mut r = http::Response::new(Body::full(text.expand_with(expand)));
             *r.status_mut() = status;
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, default_type.clone());
