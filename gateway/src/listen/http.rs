@@ -157,26 +157,27 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
 }
 
 /// The logs and the request's facts for its access-log line, taken only when a line may
-/// be written: by default, or to a site's `own` `access_log`.
+/// be written: by default, or to a site's `own` `access_log`. Boxed: the request's future
+/// holds it, and is moved whole at every request.
 fn log_record(
     req: &http::Request<hyper::body::Incoming>,
     conn: &crate::pass::ConnInfo,
     own: bool,
-) -> Option<(crate::access::Logs, crate::access::Record)> {
+) -> Option<Box<(crate::access::Logs, crate::access::Record)>> {
     let logs = crate::access::default_logs();
     (own || crate::access::any_enabled(logs)).then(|| {
         let record =
             crate::access::Record::from_request(req, conn.peer().map(|p| p.ip()), conn.https());
-        (logs.clone(), record)
+        Box::new((logs.clone(), record))
     })
 }
 
 /// `response` with its access-log record attached (when one was taken).
 fn with_log(
     response: http::Response<Body>,
-    record: Option<(crate::access::Logs, crate::access::Record)>,
+    record: Option<Box<(crate::access::Logs, crate::access::Record)>>,
 ) -> http::Response<Body> {
-    match record {
+    match record.map(|b| *b) {
         Some((logs, record)) => crate::access::attach(response, logs, record),
         None => response,
     }
