@@ -20,7 +20,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
@@ -92,7 +92,10 @@ impl Var {
             "request_time" => Self::RequestTime,
             "host" => Self::Host,
             "pid" => Self::Pid,
-            "upstream_addr" => Self::UpstreamAddr,
+            "upstream_addr" => {
+                UPSTREAM_WANTED.store(true, Ordering::Relaxed);
+                Self::UpstreamAddr
+            }
             _ => Self::Header(header(name.strip_prefix("http_")?)?),
         })
     }
@@ -561,9 +564,20 @@ pub struct Route(pub Logs);
 #[derive(Clone, Debug)]
 pub struct Uri(pub String);
 
-/// The backend that answered, set on a response by the pass and proxy handlers.
+/// The backend that answered, set on a response by the pass and proxy handlers when a
+/// log format of the process names `$upstream_addr` ([`upstream_wanted`]).
 #[derive(Clone, Debug)]
 pub struct Upstream(pub crate::listen::ListenAddr);
+
+/// Set once any log format names `$upstream_addr`.
+static UPSTREAM_WANTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a log format of this process names `$upstream_addr` (formats are read before
+/// the first request): only then do responses carry an [`Upstream`], which costs an
+/// allocation per request.
+pub fn upstream_wanted() -> bool {
+    UPSTREAM_WANTED.load(Ordering::Relaxed)
+}
 
 static DEFAULT: OnceLock<Logs> = OnceLock::new();
 static WORKER: AtomicUsize = AtomicUsize::new(0);

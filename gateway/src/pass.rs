@@ -569,9 +569,11 @@ impl Pass {
                     tracing::debug!("upstream {} answered in {:?}", pick.addr, started.elapsed());
                     let mut response = response;
                     add_sticky_cookie(&self.upstream, pick.index, sticky.as_deref(), &mut response);
-                    response
-                        .extensions_mut()
-                        .insert(crate::access::Upstream(pick.addr.clone()));
+                    if crate::access::upstream_wanted() {
+                        response
+                            .extensions_mut()
+                            .insert(crate::access::Upstream(pick.addr.clone()));
+                    }
                     // The pick (least_conn's count) lasts until the body is read.
                     return response.map(|mut b| {
                         b.keep(pick);

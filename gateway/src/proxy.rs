@@ -260,7 +260,9 @@ impl Proxy {
                         sticky.as_deref(),
                         &mut r,
                     );
-                    r.extensions_mut().insert(upstream);
+                    if crate::access::upstream_wanted() {
+                        r.extensions_mut().insert(upstream);
+                    }
                     return r;
                 }
                 Ok(Err(e)) => (e.is_connect(), e.to_string()),

@@ -25,7 +25,8 @@ fn site(dir: &Path, listen: SocketAddr, upstream: SocketAddr, log: &str) -> Stri
     format!(
         r#"
 log_format probe '$remote_addr|$request|$status|$body_bytes_sent|$http_user_agent|'
-                 '$http_x_probe|$uri|$args|$request_method|$server_protocol|$host|${{request_uri}}';
+                 '$http_x_probe|$uri|$args|$request_method|$server_protocol|$host|${{request_uri}}|'
+                 '$upstream_addr';
 upstream django {{ server {upstream}; }}
 server {{
     listen {listen};
