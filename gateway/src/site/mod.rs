@@ -177,7 +177,9 @@ struct PassParam {
 #[derive(Debug)]
 enum PassParams {
     Fixed(Vec<(Bytes, Bytes)>),
-    Templates(Vec<PassParam>),
+    /// The params, and whether any names `$document_root` (written out per request only
+    /// then).
+    Templates(Vec<PassParam>, bool),
 }
 
 /// A directive's value: ready-made when it names no variable of the request, else
@@ -923,7 +925,12 @@ impl Reader<'_> {
                 .collect();
             let params = match fixed {
                 Some(list) => PassParams::Fixed(list),
-                None => PassParams::Templates(params),
+                None => {
+                    let root = params.iter().any(
+                        |p| matches!(&p.value, Value::Template(t) if t.contains("document_root")),
+                    );
+                    PassParams::Templates(params, root)
+                }
             };
             pass = Some((
                 self.pass(x, protocol, timeouts, buffering, keep_conn)?,
@@ -1462,8 +1469,12 @@ impl Site {
                 let extra: Vec<(Bytes, Bytes)>;
                 let extra = match params {
                     PassParams::Fixed(list) => list,
-                    PassParams::Templates(params) => {
-                        let root = root_text();
+                    PassParams::Templates(params, uses_root) => {
+                        let root = if *uses_root {
+                            root_text()
+                        } else {
+                            std::borrow::Cow::Borrowed("")
+                        };
                         let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
                         extra = params
                             .iter()

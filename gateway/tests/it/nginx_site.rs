@@ -13,7 +13,8 @@ import hashlib
 def application(environ, start_response):
     data = environ["wsgi.input"].read()
     keys = ["REQUEST_METHOD", "REQUEST_URI", "PATH_INFO", "QUERY_STRING", "SERVER_NAME",
-            "HTTP_HOST", "CONTENT_LENGTH", "CONTENT_TYPE", "REMOTE_ADDR", "X_SITE", "DOCUMENT_ROOT"]
+            "HTTP_HOST", "CONTENT_LENGTH", "CONTENT_TYPE", "REMOTE_ADDR", "X_SITE", "DOCUMENT_ROOT",
+            "X_ROOT"]
     lines = ["%s=%s" % (k, environ.get(k, "-")) for k in keys]
     lines.append("body=%d:%s" % (len(data), hashlib.sha256(data).hexdigest()[:16]))
     start_response("200 OK", [("Content-Type", "text/plain"), ("X-App", "yes")])
@@ -46,6 +47,7 @@ server {{
         uwsgi_pass django;
         include uwsgi_params;
         uwsgi_param X_SITE tutorial-$host;
+        uwsgi_param X_ROOT $document_root/app;
     }}
 }}
 server {{
