@@ -41,7 +41,7 @@ impl RequestVars<'_> {
     /// Appends the value of variable `name` to `out` (no allocation of its own).
     fn write(&self, name: &str, out: &mut String) {
         use std::fmt::Write;
-        let header = |h: &str| {
+        let header = |h: http::header::HeaderName| {
             self.headers
                 .get(h)
                 .and_then(|v| v.to_str().ok())
@@ -56,14 +56,16 @@ impl RequestVars<'_> {
             "scheme" => out.push_str(self.scheme),
             "https" => out.push_str(if self.scheme == "https" { "on" } else { "" }),
             "host" => {
-                let h = without_port(header("host"));
+                let h = without_port(header(http::header::HOST));
                 if h.is_empty() {
                     out.push_str(self.server_name);
                 } else {
-                    out.extend(h.chars().map(|c| c.to_ascii_lowercase()));
+                    let start = out.len();
+                    out.push_str(h);
+                    out[start..].make_ascii_lowercase();
                 }
             }
-            "http_host" => out.push_str(header("host")),
+            "http_host" => out.push_str(header(http::header::HOST)),
             "server_name" => out.push_str(self.server_name),
             "server_port" => {
                 if let Some(l) = self.local {
@@ -86,14 +88,14 @@ impl RequestVars<'_> {
                 }
             }
             "server_protocol" => out.push_str(self.protocol),
-            "content_type" => out.push_str(header("content-type")),
-            "content_length" => out.push_str(header("content-length")),
+            "content_type" => out.push_str(header(http::header::CONTENT_TYPE)),
+            "content_length" => out.push_str(header(http::header::CONTENT_LENGTH)),
             "document_root" => out.push_str(self.document_root),
             "pid" => {
                 let _ = write!(out, "{}", std::process::id());
             }
             "proxy_add_x_forwarded_for" => {
-                let prev = header("x-forwarded-for");
+                let prev = header(http::header::HeaderName::from_static("x-forwarded-for"));
                 if !prev.is_empty() {
                     out.push_str(prev);
                     out.push_str(", ");
@@ -104,7 +106,9 @@ impl RequestVars<'_> {
             }
             _ => {
                 if let Some(h) = name.strip_prefix("http_") {
-                    out.push_str(header(&h.replace('_', "-")));
+                    if let Ok(h) = http::header::HeaderName::try_from(h.replace('_', "-")) {
+                        out.push_str(header(h));
+                    }
                 } else if let Some(c) = name.strip_prefix("cookie_") {
                     let found = self
                         .headers
