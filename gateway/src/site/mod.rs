@@ -187,24 +187,24 @@ enum PassParams {
 #[derive(Debug, Clone)]
 enum Value {
     Fixed(Bytes),
-    Template(String),
+    Template(vars::Template),
 }
 
 impl Value {
     fn new(text: String) -> Self {
         if text.contains('$') {
-            Self::Template(text)
+            Self::Template(vars::Template::new(&text))
         } else {
             Self::Fixed(Bytes::from(text))
         }
     }
 
     fn expand(&self, vars: &RequestVars<'_>) -> Bytes {
-        self.expand_with(|t| vars.expand(t))
+        self.expand_with(|t| vars.expand_template(t))
     }
 
     /// The value, a template written out by `expand` (not called for a fixed value).
-    fn expand_with(&self, expand: impl FnOnce(&str) -> String) -> Bytes {
+    fn expand_with(&self, expand: impl FnOnce(&vars::Template) -> String) -> Bytes {
         match self {
             Self::Fixed(v) => v.clone(),
             Self::Template(t) => Bytes::from(expand(t)),
@@ -927,7 +927,7 @@ impl Reader<'_> {
                 Some(list) => PassParams::Fixed(list),
                 None => {
                     let root = params.iter().any(
-                        |p| matches!(&p.value, Value::Template(t) if t.contains("document_root")),
+                        |p| matches!(&p.value, Value::Template(t) if t.names("document_root")),
                     );
                     PassParams::Templates(params, root)
                 }
@@ -1402,9 +1402,9 @@ impl Site {
         let request_uri = target.path_and_query().map_or("/", |p| p.as_str());
         let args = target.query().unwrap_or("");
         if let Some(ret) = &server.base.ret {
-            let expand = |t: &str| {
+            let expand = |t: &vars::Template| {
                 let vars = self.vars(&req, conn, request_uri, &uri, args, server, "");
-                vars.expand(t)
+                vars.expand_template(t)
             };
             return returned(ret, expand, &server.base.default_type);
         }
@@ -1434,10 +1434,10 @@ impl Site {
             };
             if let Some(ret) = &settings.ret {
                 // The variables are gathered only for a text that has some.
-                let expand = |t: &str| {
+                let expand = |t: &vars::Template| {
                     let root = root_text();
                     let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
-                    vars.expand(t)
+                    vars.expand_template(t)
                 };
                 return returned(ret, expand, &settings.default_type);
             }
@@ -1658,7 +1658,7 @@ fn stock_params(protocol: Protocol) -> Vec<(String, String)> {
 /// `expand` writes out a text with variables (called only for such a text).
 fn returned(
     ret: &Return,
-    expand: impl FnOnce(&str) -> String,
+    expand: impl FnOnce(&vars::Template) -> String,
     default_type: &HeaderValue,
 ) -> http::Response<Body> {
     let status = StatusCode::from_u16(ret.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

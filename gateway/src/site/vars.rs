@@ -145,31 +145,96 @@ impl RequestVars<'_> {
     /// ```
     pub fn expand(&self, template: &str) -> String {
         let mut out = String::with_capacity(template.len());
-        let mut rest = template;
-        while let Some(i) = rest.find('$') {
-            out.push_str(&rest[..i]);
-            let after = &rest[i + 1..];
-            let (name, used) = if let Some(braced) = after.strip_prefix('{') {
-                match braced.find('}') {
-                    Some(end) => (&braced[..end], end + 2),
-                    None => ("", 0),
-                }
-            } else {
-                let end = after
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(after.len());
-                (&after[..end], end)
-            };
-            if name.is_empty() {
-                out.push('$');
-                rest = after;
-                continue;
-            }
-            self.write(name, &mut out);
-            rest = &after[used..];
-        }
-        out.push_str(rest);
+        scan(template, |piece| match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Var(name) => self.write(name, &mut out),
+        });
         out
+    }
+
+    /// Writes out a template split beforehand (see [`Template`]).
+    pub(crate) fn expand_template(&self, template: &Template) -> String {
+        let mut out = String::with_capacity(template.len);
+        for piece in &template.pieces {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Var(name) => self.write(name, &mut out),
+            }
+        }
+        out
+    }
+}
+
+/// A piece of a template: text as written, or a variable's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Piece<S> {
+    Text(S),
+    Var(S),
+}
+
+/// Splits `template` into text and `$name` / `${name}` variables, in order (a `$` that
+/// starts no name is text).
+fn scan<'t>(template: &'t str, mut each: impl FnMut(Piece<&'t str>)) {
+    let mut rest = template;
+    while let Some(i) = rest.find('$') {
+        if i > 0 {
+            each(Piece::Text(&rest[..i]));
+        }
+        let after = &rest[i + 1..];
+        let (name, used) = if let Some(braced) = after.strip_prefix('{') {
+            match braced.find('}') {
+                Some(end) => (&braced[..end], end + 2),
+                None => ("", 0),
+            }
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], end)
+        };
+        if name.is_empty() {
+            each(Piece::Text("$"));
+            rest = after;
+            continue;
+        }
+        each(Piece::Var(name));
+        rest = &after[used..];
+    }
+    if !rest.is_empty() {
+        each(Piece::Text(rest));
+    }
+}
+
+/// A template split once, when the configuration is read, so that a request only writes
+/// it out (no scanning for `$` and names per request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Template {
+    pieces: Vec<Piece<String>>,
+    /// The template's length: the first guess at its value's.
+    len: usize,
+}
+
+impl Template {
+    /// Splits `template`.
+    pub(crate) fn new(template: &str) -> Self {
+        let mut pieces = Vec::new();
+        scan(template, |piece| {
+            pieces.push(match piece {
+                Piece::Text(t) => Piece::Text(t.to_owned()),
+                Piece::Var(n) => Piece::Var(n.to_owned()),
+            });
+        });
+        Self {
+            pieces,
+            len: template.len(),
+        }
+    }
+
+    /// Whether it names variable `name`.
+    pub(crate) fn names(&self, name: &str) -> bool {
+        self.pieces
+            .iter()
+            .any(|p| *p == Piece::Var(name.to_owned()))
     }
 }
 
@@ -185,5 +250,68 @@ pub(crate) fn bytes_without_port(host: &[u8]) -> &[u8] {
     match host.iter().rposition(|&b| b == b':') {
         Some(i) if !host[i..].contains(&b']') => &host[..i],
         _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn vars(headers: &http::HeaderMap) -> RequestVars<'_> {
+        RequestVars {
+            method: "POST",
+            request_uri: "/a/b?x=1&y=two",
+            uri: "/a/b",
+            args: "x=1&y=two",
+            headers,
+            peer: Some(SocketAddr::from(([127, 0, 0, 9], 4242))),
+            local: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            scheme: "https",
+            server_name: "example.org",
+            document_root: "/srv/www",
+            protocol: "HTTP/1.1",
+        }
+    }
+
+    #[test]
+    fn a_split_template_writes_out_as_the_text_does() {
+        let headers = http::HeaderMap::from_iter([
+            (http::header::HOST, "Example.COM:8443".parse().unwrap()),
+            (http::header::COOKIE, "a=1; sid=xyz".parse().unwrap()),
+        ]);
+        let v = vars(&headers);
+        for (t, want) in [
+            ("$host", "example.com"),
+            ("tutorial-$host", "tutorial-example.com"),
+            (
+                "${document_root}/app$is_args$args",
+                "/srv/www/app?x=1&y=two",
+            ),
+            (
+                "$cookie_sid|$arg_y|$http_host|$",
+                "xyz|two|Example.COM:8443|$",
+            ),
+            ("${nope} x $-$", " x $-$"),
+            ("${unclosed x", "${unclosed x"),
+        ] {
+            assert_eq!(v.expand(t), want, "{t}");
+            assert_eq!(v.expand_template(&Template::new(t)), want, "{t}");
+        }
+        assert!(Template::new("$document_root/x").names("document_root"));
+        assert!(Template::new("${document_root}").names("document_root"));
+        assert!(!Template::new("$document_rooted $host").names("document_root"));
+    }
+
+    proptest! {
+        /// Split once or scanned each time, any template writes out the same.
+        #[test]
+        fn split_and_scanned_templates_agree(t in "[$a-z_{}/ -]{0,40}") {
+            let headers = http::HeaderMap::from_iter([
+                (http::header::HOST, "h.example:81".parse().unwrap()),
+            ]);
+            let v = vars(&headers);
+            prop_assert_eq!(v.expand_template(&Template::new(&t)), v.expand(&t));
+        }
     }
 }
