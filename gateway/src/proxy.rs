@@ -86,7 +86,7 @@ impl Proxy {
         &self,
         req: http::Request<B>,
         conn: &ConnInfo,
-        headers: &[(String, String)],
+        headers: &[(HeaderName, Bytes)],
     ) -> http::Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin,
@@ -100,7 +100,7 @@ impl Proxy {
         &self,
         req: http::Request<B>,
         conn: &ConnInfo,
-        headers: &[(String, String)],
+        headers: &[(HeaderName, Bytes)],
         prefix: &str,
     ) -> http::Response<Body>
     where
@@ -172,14 +172,11 @@ impl Proxy {
                 out.insert(HeaderName::from_static(k), v);
             }
         }
-        for (k, v) in headers {
-            let Ok(name) = HeaderName::from_bytes(k.as_bytes()) else {
-                continue;
-            };
+        for (name, v) in headers {
             if v.is_empty() {
-                out.remove(&name);
-            } else if let Ok(v) = HeaderValue::from_str(v) {
-                out.insert(name, v);
+                out.remove(name);
+            } else if let Ok(v) = HeaderValue::from_maybe_shared(v.clone()) {
+                out.insert(name.clone(), v);
             }
         }
         out.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));

@@ -215,6 +215,34 @@ impl Value {
 /// A location's own `*_param NAME VALUE` lines (values with nginx variables).
 type Params = Vec<(String, String)>;
 
+/// A location's `proxy_set_header` lines, ready for requests.
+#[derive(Debug, Default)]
+struct ProxyHeaders {
+    headers: Vec<(http::HeaderName, Value)>,
+    /// Whether a value names `$document_root` (written out per request only then).
+    uses_root: bool,
+}
+
+impl ProxyHeaders {
+    /// The lines as written; a name that is no valid header name is left out (as the
+    /// proxy left it out before).
+    fn new(lines: Params) -> Self {
+        let headers: Vec<(http::HeaderName, Value)> = lines
+            .into_iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    http::HeaderName::from_bytes(k.as_bytes()).ok()?,
+                    Value::new(v),
+                ))
+            })
+            .collect();
+        let uses_root = headers
+            .iter()
+            .any(|(_, v)| matches!(v, Value::Template(t) if t.names("document_root")));
+        Self { headers, uses_root }
+    }
+}
+
 #[derive(Debug)]
 struct Location {
     label: String,
@@ -223,7 +251,7 @@ struct Location {
     alias: Option<PathBuf>,
     pass: Option<(Arc<Pass>, PassParams)>,
     /// `proxy_pass` and the location's `proxy_set_header` lines.
-    proxy: Option<(Arc<crate::proxy::Proxy>, Params)>,
+    proxy: Option<(Arc<crate::proxy::Proxy>, ProxyHeaders)>,
 }
 
 #[derive(Debug)]
@@ -938,7 +966,10 @@ impl Reader<'_> {
             ));
         }
         let proxy = match proxy_directive {
-            Some(x) => Some((self.proxy(x, timeouts, buffering)?, proxy_headers)),
+            Some(x) => Some((
+                self.proxy(x, timeouts, buffering)?,
+                ProxyHeaders::new(proxy_headers),
+            )),
             None => None,
         };
         if alias.is_some() && settings.root.is_some() && inherited.root != settings.root {
@@ -1447,11 +1478,16 @@ impl Site {
                 ..
             }) = location
             {
-                let root = root_text();
+                let root = if headers.uses_root {
+                    root_text()
+                } else {
+                    std::borrow::Cow::Borrowed("")
+                };
                 let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
-                let headers: Vec<(String, String)> = headers
+                let headers: Vec<(http::HeaderName, Bytes)> = headers
+                    .headers
                     .iter()
-                    .map(|(k, v)| (k.clone(), vars.expand(v)))
+                    .map(|(k, v)| (k.clone(), v.expand(&vars)))
                     .collect();
                 let prefix = match matcher {
                     Matcher::Prefix { path, .. } => path.as_str(),

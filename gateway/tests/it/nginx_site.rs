@@ -394,7 +394,8 @@ def application(environ, start_response):
     n = int(environ.get("CONTENT_LENGTH") or 0)
     data = environ["wsgi.input"].read(n)
     keys = ["REQUEST_METHOD", "RAW_URI", "HTTP_HOST", "HTTP_X_REAL_IP", "HTTP_X_FORWARDED_FOR",
-            "HTTP_X_FORWARDED_PROTO", "HTTP_X_CUSTOM", "HTTP_KEEP_ALIVE", "CONTENT_TYPE"]
+            "HTTP_X_FORWARDED_PROTO", "HTTP_X_CUSTOM", "HTTP_KEEP_ALIVE", "CONTENT_TYPE",
+            "HTTP_X_FIXED", "HTTP_USER_AGENT"]
     lines = ["%s=%s" % (k, environ.get(k, "-")) for k in keys]
     lines.append("body=%d:%s" % (len(data), hashlib.sha256(data).hexdigest()[:16]))
     start_response("200 OK", [("Content-Type", "text/plain"), ("X-Backend", "gunicorn")])
@@ -426,7 +427,8 @@ fn proxy_pass_to_http_backends_sets_the_headers_nginx_users_set() {
              server {{\n  listen {listen};\n  server_name proxy.example;\n\
              \x20 location /api/ {{\n    proxy_pass http://api/v1/;\n    proxy_set_header Host $host;\n\
              \x20   proxy_set_header X-Real-IP $remote_addr;\n    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
-             \x20   proxy_set_header X-Forwarded-Proto $scheme;\n    proxy_set_header X-Custom \"$request_method $uri\";\n  }}\n\
+             \x20   proxy_set_header X-Forwarded-Proto $scheme;\n    proxy_set_header X-Custom \"$request_method $uri\";\n\
+             \x20   proxy_set_header X-Fixed \"a fixed value\";\n    proxy_set_header User-Agent \"\";\n  }}\n\
              \x20 location / {{ proxy_pass http://{}; proxy_set_header Host $host; proxy_set_header X-Real-IP $remote_addr; \
              proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme; }}\n}}\n",
             addrs[0], addrs[1], addrs[0]
@@ -447,7 +449,7 @@ fn proxy_pass_to_http_backends_sets_the_headers_nginx_users_set() {
     let mut post = b"POST /api/items?id=7 HTTP/1.1\r\nHost: proxy.example\r\nContent-Type: application/json\r\nContent-Length: 300000\r\nConnection: close\r\n\r\n".to_vec();
     post.extend_from_slice(&body);
     let requests: Vec<Vec<u8>> = vec![
-        b"GET /api/items/3?x=1 HTTP/1.1\r\nHost: proxy.example:8080\r\nX-Forwarded-For: 10.0.0.9\r\nKeep-Alive: timeout=5\r\nConnection: close\r\n\r\n".to_vec(),
+        b"GET /api/items/3?x=1 HTTP/1.1\r\nHost: proxy.example:8080\r\nX-Forwarded-For: 10.0.0.9\r\nUser-Agent: probe/1\r\nKeep-Alive: timeout=5\r\nConnection: close\r\n\r\n".to_vec(),
         b"GET /plain/path?y=2 HTTP/1.1\r\nHost: proxy.example\r\nConnection: close\r\n\r\n".to_vec(),
         post,
     ];
