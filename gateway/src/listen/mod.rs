@@ -101,8 +101,16 @@ pub fn bind_std(addr: &ListenAddr, chmod: Option<&str>) -> std::io::Result<StdLi
                 m.file_type().is_socket()
             }) {
                 // A stale file (left by a killed server) is replaced, as uWSGI does; one
-                // a live server still accepts on is not taken over.
-                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                // a live server still accepts on is not taken over. The probe does not
+                // wait: a server whose backlog is full (EAGAIN) is live too.
+                let probe = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+                probe.set_nonblocking(true)?;
+                let live = match probe.connect(&SockAddr::unix(path)?) {
+                    Ok(()) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+                };
+                drop(probe);
+                if live {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::AddrInUse,
                         format!(

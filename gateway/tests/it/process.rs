@@ -728,32 +728,59 @@ fn a_second_gateway_on_a_taken_address_fails_and_the_first_keeps_serving() {
             );
         }
         assert!(sock.exists(), "{case}: the first one's socket file is gone");
-        let mut s = std::os::unix::net::UnixStream::connect(&sock)
-            .unwrap_or_else(|e| panic!("{case}: the first one's unix socket: {e}"));
-        // uwsgi packet: GET / (vars REQUEST_METHOD, PATH_INFO).
-        let mut vars = Vec::new();
-        for (k, v) in [("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")] {
-            for part in [k, v] {
-                vars.extend_from_slice(&(part.len() as u16).to_le_bytes());
-                vars.extend_from_slice(part.as_bytes());
-            }
-        }
-        let mut packet = vec![0u8];
-        packet.extend_from_slice(&(vars.len() as u16).to_le_bytes());
-        packet.push(0);
-        packet.extend_from_slice(&vars);
-        s.write_all(&packet).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).unwrap();
-        let text = String::from_utf8_lossy(&raw);
-        assert!(
-            text.starts_with("HTTP/1.") && text.contains(" 200 "),
-            "{case}: {text}"
-        );
-        let pid: u32 = text.rsplit(' ').next().unwrap().trim().parse().unwrap();
+        let pid = uwsgi_get_pid(&sock).unwrap_or_else(|e| panic!("{case}: {e}"));
         assert!(workers.contains(&pid), "{case}: {pid} vs {workers:?}");
     }
+    // Killed, the first one leaves its socket file behind: stale (once its workers, who
+    // die with their master, are gone too), so it is replaced.
+    drop(first);
+    let started = Instant::now();
+    // (A zombie holds no sockets: gone enough.)
+    let alive = |w: &u32| {
+        std::fs::read_to_string(format!("/proc/{w}/stat")).is_ok_and(|st| {
+            st.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.trim_start().starts_with('Z'))
+        })
+    };
+    while workers.iter().any(alive) && started.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(sock.exists());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(["--socket", &sock_arg, "--wsgi-file", "app.py"])
+        .current_dir(dir.path());
+    let third = Peer::spawn("third gateway", cmd, Some(&dir.path().join("third.log")));
+    third.wait_log("WSGI app ready", Duration::from_secs(30));
+    assert_eq!(uwsgi_get_pid(&sock), Ok(third.pid()), "{}", third.log());
+}
+
+/// GET / over the uwsgi protocol on unix socket `sock`: the PID the app answers with.
+fn uwsgi_get_pid(sock: &Path) -> Result<u32, String> {
+    let mut s = std::os::unix::net::UnixStream::connect(sock).map_err(|e| format!("{e}"))?;
+    let mut vars = Vec::new();
+    for (k, v) in [("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")] {
+        for part in [k, v] {
+            vars.extend_from_slice(&(part.len() as u16).to_le_bytes());
+            vars.extend_from_slice(part.as_bytes());
+        }
+    }
+    let mut packet = vec![0u8];
+    packet.extend_from_slice(&(vars.len() as u16).to_le_bytes());
+    packet.push(0);
+    packet.extend_from_slice(&vars);
+    s.write_all(&packet).map_err(|e| format!("{e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| format!("{e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    if !(text.starts_with("HTTP/1.") && text.contains(" 200 ")) {
+        return Err(format!("not a 200: {text}"));
+    }
+    text.rsplit(' ')
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or_else(|| format!("no pid in {text}"))
 }
 
 /// The worker PIDs of master `master` (its children).
