@@ -203,6 +203,11 @@ impl Value {
         self.expand_with(|t| vars.expand_template(t))
     }
 
+    /// Whether it is a template naming variable `name`.
+    fn names(&self, name: &str) -> bool {
+        matches!(self, Self::Template(t) if t.names(name))
+    }
+
     /// The value, a template written out by `expand` (not called for a fixed value).
     fn expand_with(&self, expand: impl FnOnce(&vars::Template) -> String) -> Bytes {
         match self {
@@ -216,7 +221,7 @@ impl Value {
 type Params = Vec<(String, String)>;
 
 /// A location's `proxy_set_header` lines, ready for requests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ProxyHeaders {
     headers: Vec<(http::HeaderName, Value)>,
     /// Whether a value names `$document_root` (written out per request only then).
@@ -236,9 +241,7 @@ impl ProxyHeaders {
                 ))
             })
             .collect();
-        let uses_root = headers
-            .iter()
-            .any(|(_, v)| matches!(v, Value::Template(t) if t.names("document_root")));
+        let uses_root = headers.iter().any(|(_, v)| v.names("document_root"));
         Self { headers, uses_root }
     }
 }
@@ -954,9 +957,7 @@ impl Reader<'_> {
             let params = match fixed {
                 Some(list) => PassParams::Fixed(list),
                 None => {
-                    let root = params.iter().any(
-                        |p| matches!(&p.value, Value::Template(t) if t.names("document_root")),
-                    );
+                    let root = params.iter().any(|p| p.value.names("document_root"));
                     PassParams::Templates(params, root)
                 }
             };
@@ -1463,6 +1464,14 @@ impl Site {
                     .map(|p| p.to_string_lossy())
                     .unwrap_or_default()
             };
+            // ... and only when one of the values at hand names it.
+            let root_if = |named: bool| {
+                if named {
+                    root_text()
+                } else {
+                    std::borrow::Cow::Borrowed("")
+                }
+            };
             if let Some(ret) = &settings.ret {
                 // The variables are gathered only for a text that has some.
                 let expand = |t: &vars::Template| {
@@ -1478,11 +1487,7 @@ impl Site {
                 ..
             }) = location
             {
-                let root = if headers.uses_root {
-                    root_text()
-                } else {
-                    std::borrow::Cow::Borrowed("")
-                };
+                let root = root_if(headers.uses_root);
                 let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
                 let headers: Vec<(http::HeaderName, Bytes)> = headers
                     .headers
@@ -1506,11 +1511,7 @@ impl Site {
                 let extra = match params {
                     PassParams::Fixed(list) => list,
                     PassParams::Templates(params, uses_root) => {
-                        let root = if *uses_root {
-                            root_text()
-                        } else {
-                            std::borrow::Cow::Borrowed("")
-                        };
+                        let root = root_if(*uses_root);
                         let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
                         extra = params
                             .iter()

@@ -234,7 +234,7 @@ impl Template {
     pub(crate) fn names(&self, name: &str) -> bool {
         self.pieces
             .iter()
-            .any(|p| *p == Piece::Var(name.to_owned()))
+            .any(|p| matches!(p, Piece::Var(n) if n == name))
     }
 }
 

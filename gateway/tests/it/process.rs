@@ -758,17 +758,15 @@ fn a_second_gateway_on_a_taken_address_fails_and_the_first_keeps_serving() {
 /// GET / over the uwsgi protocol on unix socket `sock`: the PID the app answers with.
 fn uwsgi_get_pid(sock: &Path) -> Result<u32, String> {
     let mut s = std::os::unix::net::UnixStream::connect(sock).map_err(|e| format!("{e}"))?;
-    let mut vars = Vec::new();
-    for (k, v) in [("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")] {
-        for part in [k, v] {
-            vars.extend_from_slice(&(part.len() as u16).to_le_bytes());
-            vars.extend_from_slice(part.as_bytes());
-        }
-    }
-    let mut packet = vec![0u8];
-    packet.extend_from_slice(&(vars.len() as u16).to_le_bytes());
-    packet.push(0);
-    packet.extend_from_slice(&vars);
+    let mut packet = Vec::new();
+    uwsgi_proto::encode_packet(
+        uwsgi_proto::Modifier1::WSGI,
+        uwsgi_proto::Modifier2::ZERO,
+        &[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/")],
+        65535,
+        &mut packet,
+    )
+    .unwrap();
     s.write_all(&packet).map_err(|e| format!("{e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut raw = Vec::new();
