@@ -50,7 +50,10 @@ mod response;
 mod runner;
 pub mod scgi;
 
-pub use env::{AddrText, Env, EnvBuilder, Flavor, PathError, RequestHead, names, normalize_path};
+pub use env::{
+    AddrText, Env, EnvBuilder, EnvSink, Flavor, HeadSource, PathError, Piece, RequestHead,
+    WriteError, names, normalize_path,
+};
 pub use response::{
     CgiResponse, HeadOptions, ResponseError, ResponseHeadDecoder, ResponseKind, StatusLine,
     parse_response_head,

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use cgi_family::{EnvBuilder, Flavor, HeadOptions, RequestHead, ResponseHeadDecoder};
+use cgi_family::{EnvBuilder, Flavor, HeadOptions, ResponseHeadDecoder, WriteError};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -477,7 +477,6 @@ impl Pass {
                 return plain(http::StatusCode::BAD_REQUEST, "Bad Request\n");
             }
         };
-        let head = RequestHead::from_http(&parts);
         let flavor = match self.protocol {
             Protocol::Uwsgi => Flavor::Uwsgi,
             Protocol::Scgi => Flavor::Scgi,
@@ -496,47 +495,65 @@ impl Pass {
             let name = crate::site::vars::bytes_without_port(host.as_bytes());
             builder = builder.server_name(Bytes::copy_from_slice(name));
         }
-        let mut env = match builder.build(&head) {
-            Ok(env) => env,
-            Err(e) => {
-                tracing::warn!("{e}");
-                return plain(http::StatusCode::BAD_REQUEST, "Bad Request\n");
+        // The handler's params, then the request's (a later one of a name wins).
+        let both: Vec<(Bytes, Bytes)>;
+        let params = match (&self.params[..], extra) {
+            (mine, []) => mine,
+            ([], extra) => extra,
+            (mine, extra) => {
+                both = mine.iter().chain(extra).cloned().collect();
+                &both
             }
         };
-        for (k, v) in self.params.iter().chain(extra) {
-            env.set(k.clone(), v.clone());
-        }
-        // Room for the whole packet: the pairs, their framing and a record header or two.
-        let mut request = BytesMut::with_capacity(env.byte_len() + 8 * env.len() + 64);
-        let encoded = match self.protocol {
-            Protocol::Uwsgi => env
-                .encode_uwsgi(
-                    uwsgi_proto::Modifier1::WSGI,
-                    uwsgi_proto::Modifier2::ZERO,
-                    self.buffer_size,
-                    &mut request,
-                )
-                .map(drop)
-                .map_err(|e| e.to_string()),
-            Protocol::Scgi => cgi_family::scgi::encode_request(&env, &mut request)
-                .map(drop)
-                .map_err(|e| e.to_string()),
-            // BEGIN_REQUEST and PARAMS; the body follows in STDIN records.
-            Protocol::FastCgi => {
-                use cgi_family::fastcgi;
-                let keep = self.idle.is_some();
-                fastcgi::encode_begin_request(1, fastcgi::Role::RESPONDER, keep, &mut request);
-                fastcgi::encode_params_stream(1, &env, &mut request).map_err(|e| e.to_string())
-            }
+        let bad_request = |e: &dyn std::fmt::Display| {
+            tracing::warn!("{e}");
+            plain(http::StatusCode::BAD_REQUEST, "Bad Request\n")
         };
-        if let Err(e) = encoded {
+        let too_large = |e: &dyn std::fmt::Display| {
             tracing::error!("the request does not fit the protocol: {e}");
-            return plain(
+            plain(
                 http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "Request Header Fields Too Large\n",
-            );
-        }
-        let request = request.freeze();
+            )
+        };
+        let request = match self.protocol {
+            // The env straight into the packet, var by var.
+            Protocol::Uwsgi => {
+                let mut packet = Vec::with_capacity(2048);
+                let mut p = uwsgi_proto::PacketBuilder::new(&mut packet);
+                p.limit(self.buffer_size);
+                match builder.write(&parts, params, &mut p) {
+                    Ok(()) => {}
+                    Err(WriteError::Path(e)) => return bad_request(&e),
+                    Err(WriteError::Sink(e)) => return too_large(&e),
+                }
+                p.finish();
+                Bytes::from(packet)
+            }
+            Protocol::Scgi | Protocol::FastCgi => {
+                let env = match builder.build_with(&parts, params) {
+                    Ok(env) => env,
+                    Err(e) => return bad_request(&e),
+                };
+                // Room for the whole request: the pairs, their framing, record headers.
+                let mut request = BytesMut::with_capacity(env.byte_len() + 8 * env.len() + 64);
+                let encoded = if self.protocol == Protocol::Scgi {
+                    cgi_family::scgi::encode_request(&env, &mut request)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                } else {
+                    // BEGIN_REQUEST and PARAMS; the body follows in STDIN records.
+                    use cgi_family::fastcgi;
+                    let keep = self.idle.is_some();
+                    fastcgi::encode_begin_request(1, fastcgi::Role::RESPONDER, keep, &mut request);
+                    fastcgi::encode_params_stream(1, &env, &mut request).map_err(|e| e.to_string())
+                };
+                if let Err(e) = encoded {
+                    return too_large(&e);
+                }
+                request.freeze()
+            }
+        };
         let idempotent = idempotent(&parts.method);
         let (key, sticky) = request_key(&self.upstream, &parts, conn);
         let ctx = PickContext {

@@ -231,9 +231,10 @@ impl<'b> PacketBuilder<'b> {
 
     /// Appends one var. On error nothing is appended and the packet stays valid.
     pub fn var(&mut self, key: &[u8], value: &[u8]) -> Result<&mut Self, EncodeError> {
-        let size = self.block_len() + pair_len(key, value)?;
-        check_block(size, self.limit)?;
-        // One var: straight into the Vec (it has no per-put cost worth gathering for).
+        let pair = pair_len(key, value)?;
+        check_block(self.block_len() + pair, self.limit)?;
+        // One var: straight into the Vec, its room made once.
+        self.buf.reserve(pair);
         put_pair(self.buf, key, value);
         Ok(self)
     }

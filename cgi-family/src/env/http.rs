@@ -7,6 +7,7 @@ use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::Env;
+use super::sink::{Collect, EnvSink, HeadSource, Piece, WriteError};
 
 /// Which stock params file to reproduce.
 ///
@@ -77,10 +78,10 @@ pub enum PathError {
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct RequestHead {
-    method: Bytes,
-    target: Bytes,
-    version: Bytes,
-    headers: Vec<(Bytes, Bytes)>,
+    pub(super) method: Bytes,
+    pub(super) target: Bytes,
+    pub(super) version: Bytes,
+    pub(super) headers: Vec<(Bytes, Bytes)>,
 }
 
 impl RequestHead {
@@ -219,9 +220,14 @@ impl AddrText {
     }
 
     /// The address and the port of `a`, empty when there is none (for the env).
-    fn parts(a: Option<&Self>) -> (Bytes, Bytes) {
-        a.map(|a| (a.addr.clone(), a.port.clone()))
-            .unwrap_or_default()
+    fn pieces(a: Option<&Self>) -> (Piece<'_>, Piece<'_>) {
+        match a {
+            Some(a) => (
+                Piece::Shared(&a.addr, &a.addr),
+                Piece::Shared(&a.port, &a.port),
+            ),
+            None => (Piece::Static(b""), Piece::Static(b"")),
+        }
     }
 
     /// The address.
@@ -360,248 +366,496 @@ impl EnvBuilder {
 
     /// Builds the env for `head`.
     pub fn build(&self, head: &RequestHead) -> Result<Env, PathError> {
-        let (raw_path, query) = split_target(&head.target)?;
-        // An already normal path is a slice of the target (no copy).
-        let uri = match normalize_path(raw_path)? {
-            Cow::Borrowed(b) => head.target.slice_ref(b),
-            Cow::Owned(v) => Bytes::from(v),
-        };
-        let (script, path_info) = self.split_mount(&uri);
-        let flavor = self.flavor;
-        let mut env = Env::with_capacity(24 + head.headers.len());
+        self.build_with(head, &[])
+    }
+
+    /// Builds the env for any [`HeadSource`], with `params` set after the builder's own
+    /// (see [`EnvBuilder::param`]; a later param of a name replaces an earlier one).
+    pub fn build_with<H: HeadSource + ?Sized>(
+        &self,
+        head: &H,
+        params: &[(Bytes, Bytes)],
+    ) -> Result<Env, PathError> {
         // The values made here (numbers, addresses, HTTP_ names) share one allocation.
-        let names: usize = head.headers.iter().map(|(n, _)| 5 + n.len()).sum();
-        let mut arena = BytesMut::with_capacity(160 + names);
-
-        let content_type = head.header_bytes("content-type").cloned();
-        let content_length: Option<Bytes> = match self.content_length {
-            Some(n) => Some(made(&mut arena, |a| put_decimal(a, n))),
-            None => head.header_bytes("content-length").cloned(),
+        let names: usize = head.headers().map(|(n, _)| 5 + n.len()).sum();
+        let mut sink = Collect {
+            env: Env::with_capacity(24 + self.params.len() + params.len() + names / 8),
+            arena: BytesMut::with_capacity(160 + names),
         };
-        let (remote_addr, remote_port) = AddrText::parts(self.peer.as_ref());
-        let (server_addr, server_port) = AddrText::parts(self.local.as_ref());
-        let scheme = Bytes::from_static(if self.https { b"https" } else { b"http" });
-        let host = self.host(head, &mut arena);
-        let mut put = |k: &'static str, v: Bytes| env.push(Bytes::from_static(k.as_bytes()), v);
-        let query = head.target.slice_ref(query);
-        let request_uri = head.target.clone();
-        let https = self.https.then(|| Bytes::from_static(b"on"));
-
-        match flavor {
-            Flavor::Uwsgi => {
-                put("QUERY_STRING", query);
-                put("REQUEST_METHOD", head.method.clone());
-                put("CONTENT_TYPE", content_type.unwrap_or_default());
-                put("CONTENT_LENGTH", content_length.unwrap_or_default());
-                put("REQUEST_URI", request_uri);
-                if let Some(script) = script {
-                    put("SCRIPT_NAME", script);
-                }
-                put("PATH_INFO", path_info);
-                put("DOCUMENT_ROOT", self.document_root.clone());
-                put("SERVER_PROTOCOL", head.version.clone());
-                put("REQUEST_SCHEME", scheme);
-                if let Some(on) = https {
-                    put("HTTPS", on);
-                }
-                put("REMOTE_ADDR", remote_addr);
-                put("REMOTE_PORT", remote_port);
-                put("SERVER_PORT", server_port);
-                put("SERVER_NAME", self.server_name.clone());
-                put("HTTP_HOST", host);
-            }
-            Flavor::FastCgi => {
-                put("QUERY_STRING", query);
-                put("REQUEST_METHOD", head.method.clone());
-                put("CONTENT_TYPE", content_type.unwrap_or_default());
-                put("CONTENT_LENGTH", content_length.unwrap_or_default());
-                match script {
-                    Some(script) => {
-                        put("SCRIPT_NAME", script);
-                        put("PATH_INFO", path_info);
-                    }
-                    None => put("SCRIPT_NAME", uri.clone()),
-                }
-                put("REQUEST_URI", request_uri);
-                put("DOCUMENT_URI", uri);
-                put("DOCUMENT_ROOT", self.document_root.clone());
-                put("SERVER_PROTOCOL", head.version.clone());
-                put("REQUEST_SCHEME", scheme);
-                if let Some(on) = https {
-                    put("HTTPS", on);
-                }
-                put("GATEWAY_INTERFACE", Bytes::from_static(b"CGI/1.1"));
-                put("SERVER_SOFTWARE", self.server_software.clone());
-                put("REMOTE_ADDR", remote_addr);
-                put("REMOTE_PORT", remote_port);
-                put("REMOTE_USER", remote_user(head).unwrap_or_default());
-                put("SERVER_ADDR", server_addr);
-                put("SERVER_PORT", server_port);
-                put("SERVER_NAME", self.server_name.clone());
-                put("REDIRECT_STATUS", Bytes::from_static(b"200"));
-                put("HTTP_HOST", host);
-            }
-            Flavor::Scgi => {
-                put(
-                    "CONTENT_LENGTH",
-                    content_length
-                        .filter(|v| !v.is_empty())
-                        .unwrap_or(Bytes::from_static(b"0")),
-                );
-                put("REQUEST_METHOD", head.method.clone());
-                put("REQUEST_URI", request_uri);
-                put("QUERY_STRING", query);
-                put("CONTENT_TYPE", content_type.unwrap_or_default());
-                put("DOCUMENT_URI", uri);
-                if let Some(script) = script {
-                    put("SCRIPT_NAME", script);
-                    put("PATH_INFO", path_info);
-                }
-                put("DOCUMENT_ROOT", self.document_root.clone());
-                put("SCGI", Bytes::from_static(b"1"));
-                put("SERVER_PROTOCOL", head.version.clone());
-                put("REQUEST_SCHEME", scheme);
-                if let Some(on) = https {
-                    put("HTTPS", on);
-                }
-                put("REMOTE_ADDR", remote_addr);
-                put("REMOTE_PORT", remote_port);
-                put("SERVER_PORT", server_port);
-                put("SERVER_NAME", self.server_name.clone());
-                put("HTTP_HOST", host);
-            }
-            Flavor::Cgi | Flavor::Wsgi => {
-                put("GATEWAY_INTERFACE", Bytes::from_static(b"CGI/1.1"));
-                put("SERVER_SOFTWARE", self.server_software.clone());
-                put("REQUEST_METHOD", head.method.clone());
-                put("SCRIPT_NAME", script.unwrap_or_default());
-                put("PATH_INFO", path_info);
-                put("QUERY_STRING", query);
-                put("REQUEST_URI", request_uri);
-                if let Some(ct) = content_type {
-                    put("CONTENT_TYPE", ct);
-                }
-                if let Some(cl) = content_length.filter(|v| !v.is_empty()) {
-                    put("CONTENT_LENGTH", cl);
-                }
-                put("SERVER_NAME", self.server_name.clone());
-                put("SERVER_PORT", server_port);
-                put("SERVER_ADDR", server_addr);
-                put("SERVER_PROTOCOL", head.version.clone());
-                put("REQUEST_SCHEME", scheme);
-                if let Some(on) = https {
-                    put("HTTPS", on);
-                }
-                put("REMOTE_ADDR", remote_addr);
-                put("REMOTE_PORT", remote_port);
-                if let Some((auth_type, user)) = auth(head) {
-                    put("AUTH_TYPE", auth_type);
-                    if let Some(user) = user {
-                        put("REMOTE_USER", user);
-                    }
-                }
-                put("DOCUMENT_ROOT", self.document_root.clone());
-            }
+        match self.write(head, params, &mut sink) {
+            Ok(()) => Ok(sink.env),
+            Err(WriteError::Path(e)) => Err(e),
+            Err(WriteError::Sink(never)) => match never {},
         }
-        for (k, v) in &self.params {
-            env.set(k.clone(), v.clone());
-        }
-        // An empty HTTP_* param suppresses the header and sends nothing (httpoxy fix).
-        if !self.params.is_empty() {
-            env.pairs
-                .retain(|(k, v)| !(k.starts_with(b"HTTP_") && v.is_empty() && self.is_param(k)));
-        }
-        self.push_headers(&mut env, head, &mut arena);
-        Ok(env)
     }
 
-    fn is_param(&self, name: &[u8]) -> bool {
-        self.params.iter().any(|(k, _)| &k[..] == name)
+    /// Writes the env for `head` var by var into `sink` (a uwsgi packet being written,
+    /// say), with `params` set after the builder's own: the same vars in the same order
+    /// as [`EnvBuilder::build_with`], without making an [`Env`] first.
+    ///
+    /// ```
+    /// use cgi_family::{EnvBuilder, Flavor, RequestHead};
+    /// let head = RequestHead::new("GET", "/a?b=1", "HTTP/1.1").header("Host", "example.com");
+    /// let mut packet = Vec::new();
+    /// let mut p = uwsgi_proto::PacketBuilder::new(&mut packet);
+    /// EnvBuilder::new(Flavor::Uwsgi).write(&head, &[], &mut p)?;
+    /// let size = p.finish();
+    /// let vars = uwsgi_proto::Vars::parse(&packet[4..size])?;
+    /// assert_eq!(vars.get(b"QUERY_STRING"), Some(&b"b=1"[..]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn write<H: HeadSource + ?Sized, S: EnvSink>(
+        &self,
+        head: &H,
+        params: &[(Bytes, Bytes)],
+        sink: &mut S,
+    ) -> Result<(), WriteError<S::Error>> {
+        let target = head.target();
+        let (raw_path, query) = split_target(target.as_bytes())?;
+        let query = target.within(query);
+        // An already normal path is a slice of the target (no copy).
+        let normal = normalize_path(raw_path)?;
+        let uri = match &normal {
+            Cow::Borrowed(b) => target.within(b),
+            Cow::Owned(v) => Piece::Temp(v),
+        };
+        let (script, path_info) = self.split_mount(uri);
+        let mut scratch = [0u8; 20];
+        let content_length = match self.content_length {
+            Some(n) => Some(Piece::Temp(decimal(&mut scratch, n))),
+            None => head.header("content-length"),
+        };
+        let content_type = head.header("content-type");
+        let mut host_buf = Vec::new();
+        let host = self.host(head, &mut host_buf);
+        let empty = Piece::Static(b"");
+        let (remote_addr, remote_port) = AddrText::pieces(self.peer.as_ref());
+        let (server_addr, server_port) = AddrText::pieces(self.local.as_ref());
+        let server_name = Piece::Shared(&self.server_name, &self.server_name);
+        let document_root = Piece::Shared(&self.document_root, &self.document_root);
+        let scheme = Piece::Static(if self.https { b"https" } else { b"http" });
+        let https = self.https.then_some(Piece::Static(b"on"));
+        let method = head.method();
+        let version = head.version();
+        let request_uri = target;
+        let all = |i: usize| {
+            self.params
+                .get(i)
+                .or_else(|| params.get(i - self.params.len()))
+        };
+        let n_params = self.params.len() + params.len();
+        // The last param named `name`, if any.
+        let param = |name: &[u8]| -> Option<&(Bytes, Bytes)> {
+            (0..n_params)
+                .rev()
+                .map(all)
+                .find_map(|p| p.filter(|p| p.0 == name))
+        };
+        // Which stock vars a param replaces, and whether any names a header.
+        let mut replaced = 0u32;
+        let mut http_params = false;
+        for (k, _) in (0..n_params).filter_map(all) {
+            if let Some(i) = stock_index(k) {
+                replaced |= 1 << i;
+            }
+            http_params |= k.starts_with(b"HTTP_");
+        }
+        let mut sent_stock = 0u32;
+        let mut put = |i: usize, value: Piece<'_>| -> Result<(), S::Error> {
+            let name = STOCK[i];
+            sent_stock |= 1 << i;
+            if replaced & (1 << i) == 0 {
+                return sink.var(Piece::Static(name), value);
+            }
+            match param(name) {
+                // An empty HTTP_* param sends nothing (nginx's httpoxy mitigation).
+                Some((_, v)) if v.is_empty() && name.starts_with(b"HTTP_") => Ok(()),
+                Some((_, v)) => sink.var(Piece::Static(name), Piece::Shared(v, v)),
+                None => sink.var(Piece::Static(name), value),
+            }
+        };
+
+        let sent: Result<(), S::Error> = (|| {
+            match self.flavor {
+                Flavor::Uwsgi => {
+                    put(stock::QUERY_STRING, query)?;
+                    put(stock::REQUEST_METHOD, method)?;
+                    put(stock::CONTENT_TYPE, content_type.unwrap_or(empty))?;
+                    put(stock::CONTENT_LENGTH, content_length.unwrap_or(empty))?;
+                    put(stock::REQUEST_URI, request_uri)?;
+                    if let Some(script) = script {
+                        put(stock::SCRIPT_NAME, script)?;
+                    }
+                    put(stock::PATH_INFO, path_info)?;
+                    put(stock::DOCUMENT_ROOT, document_root)?;
+                    put(stock::SERVER_PROTOCOL, version)?;
+                    put(stock::REQUEST_SCHEME, scheme)?;
+                    if let Some(on) = https {
+                        put(stock::HTTPS, on)?;
+                    }
+                    put(stock::REMOTE_ADDR, remote_addr)?;
+                    put(stock::REMOTE_PORT, remote_port)?;
+                    put(stock::SERVER_PORT, server_port)?;
+                    put(stock::SERVER_NAME, server_name)?;
+                    put(stock::HTTP_HOST, host)?;
+                }
+                Flavor::FastCgi => {
+                    put(stock::QUERY_STRING, query)?;
+                    put(stock::REQUEST_METHOD, method)?;
+                    put(stock::CONTENT_TYPE, content_type.unwrap_or(empty))?;
+                    put(stock::CONTENT_LENGTH, content_length.unwrap_or(empty))?;
+                    match script {
+                        Some(script) => {
+                            put(stock::SCRIPT_NAME, script)?;
+                            put(stock::PATH_INFO, path_info)?;
+                        }
+                        None => put(stock::SCRIPT_NAME, uri)?,
+                    }
+                    put(stock::REQUEST_URI, request_uri)?;
+                    put(stock::DOCUMENT_URI, uri)?;
+                    put(stock::DOCUMENT_ROOT, document_root)?;
+                    put(stock::SERVER_PROTOCOL, version)?;
+                    put(stock::REQUEST_SCHEME, scheme)?;
+                    if let Some(on) = https {
+                        put(stock::HTTPS, on)?;
+                    }
+                    put(stock::GATEWAY_INTERFACE, Piece::Static(b"CGI/1.1"))?;
+                    put(
+                        stock::SERVER_SOFTWARE,
+                        Piece::Shared(&self.server_software, &self.server_software),
+                    )?;
+                    put(stock::REMOTE_ADDR, remote_addr)?;
+                    put(stock::REMOTE_PORT, remote_port)?;
+                    let user = remote_user(head);
+                    put(
+                        stock::REMOTE_USER,
+                        user.as_deref().map_or(empty, Piece::Temp),
+                    )?;
+                    put(stock::SERVER_ADDR, server_addr)?;
+                    put(stock::SERVER_PORT, server_port)?;
+                    put(stock::SERVER_NAME, server_name)?;
+                    put(stock::REDIRECT_STATUS, Piece::Static(b"200"))?;
+                    put(stock::HTTP_HOST, host)?;
+                }
+                Flavor::Scgi => {
+                    put(
+                        stock::CONTENT_LENGTH,
+                        content_length
+                            .filter(|v| !v.as_bytes().is_empty())
+                            .unwrap_or(Piece::Static(b"0")),
+                    )?;
+                    put(stock::REQUEST_METHOD, method)?;
+                    put(stock::REQUEST_URI, request_uri)?;
+                    put(stock::QUERY_STRING, query)?;
+                    put(stock::CONTENT_TYPE, content_type.unwrap_or(empty))?;
+                    put(stock::DOCUMENT_URI, uri)?;
+                    if let Some(script) = script {
+                        put(stock::SCRIPT_NAME, script)?;
+                        put(stock::PATH_INFO, path_info)?;
+                    }
+                    put(stock::DOCUMENT_ROOT, document_root)?;
+                    put(stock::SCGI, Piece::Static(b"1"))?;
+                    put(stock::SERVER_PROTOCOL, version)?;
+                    put(stock::REQUEST_SCHEME, scheme)?;
+                    if let Some(on) = https {
+                        put(stock::HTTPS, on)?;
+                    }
+                    put(stock::REMOTE_ADDR, remote_addr)?;
+                    put(stock::REMOTE_PORT, remote_port)?;
+                    put(stock::SERVER_PORT, server_port)?;
+                    put(stock::SERVER_NAME, server_name)?;
+                    put(stock::HTTP_HOST, host)?;
+                }
+                Flavor::Cgi | Flavor::Wsgi => {
+                    put(stock::GATEWAY_INTERFACE, Piece::Static(b"CGI/1.1"))?;
+                    put(
+                        stock::SERVER_SOFTWARE,
+                        Piece::Shared(&self.server_software, &self.server_software),
+                    )?;
+                    put(stock::REQUEST_METHOD, method)?;
+                    put(stock::SCRIPT_NAME, script.unwrap_or(empty))?;
+                    put(stock::PATH_INFO, path_info)?;
+                    put(stock::QUERY_STRING, query)?;
+                    put(stock::REQUEST_URI, request_uri)?;
+                    if let Some(ct) = content_type {
+                        put(stock::CONTENT_TYPE, ct)?;
+                    }
+                    if let Some(cl) = content_length.filter(|v| !v.as_bytes().is_empty()) {
+                        put(stock::CONTENT_LENGTH, cl)?;
+                    }
+                    put(stock::SERVER_NAME, server_name)?;
+                    put(stock::SERVER_PORT, server_port)?;
+                    put(stock::SERVER_ADDR, server_addr)?;
+                    put(stock::SERVER_PROTOCOL, version)?;
+                    put(stock::REQUEST_SCHEME, scheme)?;
+                    if let Some(on) = https {
+                        put(stock::HTTPS, on)?;
+                    }
+                    put(stock::REMOTE_ADDR, remote_addr)?;
+                    put(stock::REMOTE_PORT, remote_port)?;
+                    if let Some(v) = head.header("authorization") {
+                        let v = v.as_bytes();
+                        let scheme_end = v.iter().position(|&b| b == b' ').unwrap_or(v.len());
+                        put(stock::AUTH_TYPE, Piece::Temp(&v[..scheme_end]))?;
+                        if let Some(user) = remote_user(head) {
+                            put(stock::REMOTE_USER, Piece::Temp(&user))?;
+                        }
+                    }
+                    put(stock::DOCUMENT_ROOT, document_root)?;
+                }
+            }
+            Ok(())
+        })();
+        sent.map_err(WriteError::Sink)?;
+        // The params not already sent in a stock var's place, once each (the last value
+        // of a name, at its first place), an empty HTTP_* one not at all.
+        for i in 0..n_params {
+            let Some((k, _)) = all(i) else { continue };
+            if stock_index(k).is_some_and(|s| sent_stock & (1 << s) != 0)
+                || (0..i).filter_map(all).any(|(e, _)| e == k)
+            {
+                continue;
+            }
+            let Some((_, v)) = param(k) else { continue };
+            if v.is_empty() && k.starts_with(b"HTTP_") {
+                continue;
+            }
+            sink.var(Piece::Shared(k, k), Piece::Shared(v, v))
+                .map_err(WriteError::Sink)?;
+        }
+        self.write_headers(head, &|n| http_params && param(n).is_some(), sink)
+            .map_err(WriteError::Sink)
     }
 
-    fn split_mount(&self, uri: &Bytes) -> (Option<Bytes>, Bytes) {
+    /// The client's headers as HTTP_* vars: repeated ones joined into one var at the
+    /// first's place; those a param names, invalid names and CONTENT_* left out.
+    fn write_headers<H: HeadSource + ?Sized, S: EnvSink>(
+        &self,
+        head: &H,
+        is_param: &dyn Fn(&[u8]) -> bool,
+        sink: &mut S,
+    ) -> Result<(), S::Error> {
+        let rfc = matches!(self.flavor, Flavor::Cgi | Flavor::Wsgi);
+        let underscores = self.underscores_in_headers;
+        // With distinct names (and no `_`), no two headers make the same var.
+        let may_repeat = underscores || !head.names_distinct();
+        // The var's name, on the stack unless the header's name is long.
+        let mut short = [0u8; 64];
+        let mut long = Vec::new();
+        let mut joined = Vec::new();
+        for (i, (name, value)) in head.headers().enumerate() {
+            if !valid_header_name(name, underscores)
+                || name.eq_ignore_ascii_case(b"content-type")
+                || name.eq_ignore_ascii_case(b"content-length")
+            {
+                continue; // dropped (nginx's ignore_invalid_headers), or already CONTENT_*
+            }
+            if !rfc && name.eq_ignore_ascii_case(b"host") {
+                continue; // the stock params send $host instead
+            }
+            let var: &[u8] = {
+                let out: &mut [u8] = if name.len() + 5 <= short.len() {
+                    &mut short[..name.len() + 5]
+                } else {
+                    long.resize(name.len() + 5, 0);
+                    &mut long
+                };
+                out[..5].copy_from_slice(b"HTTP_");
+                for (o, &b) in out[5..].iter_mut().zip(name) {
+                    *o = if b == b'-' {
+                        b'_'
+                    } else {
+                        b.to_ascii_uppercase()
+                    };
+                }
+                out
+            };
+            if rfc
+                && (var == b"HTTP_PROXY"
+                    || (self.flavor == Flavor::Cgi && var == b"HTTP_AUTHORIZATION"))
+            {
+                continue;
+            }
+            if is_param(var) {
+                continue;
+            }
+            let mut value = value;
+            if may_repeat {
+                let same = |n: &[u8]| valid_header_name(n, underscores) && same_var(n, name);
+                // Already sent with the first of its name.
+                if head.headers().take(i).any(|(n, _)| same(n)) {
+                    continue;
+                }
+                let mut later = head
+                    .headers()
+                    .skip(i + 1)
+                    .filter(|(n, _)| same(n))
+                    .peekable();
+                if later.peek().is_some() {
+                    let sep: &[u8] = if var == b"HTTP_COOKIE" { b"; " } else { b", " };
+                    joined.clear();
+                    joined.extend_from_slice(value.as_bytes());
+                    for (_, v) in later {
+                        joined.extend_from_slice(sep);
+                        joined.extend_from_slice(v.as_bytes());
+                    }
+                    value = Piece::Temp(&joined);
+                }
+            }
+            sink.var(Piece::Temp(var), value)?;
+        }
+        Ok(())
+    }
+
+    fn split_mount<'a>(&'a self, uri: Piece<'a>) -> (Option<Piece<'a>>, Piece<'a>) {
         let m = &self.mount[..];
-        if !m.is_empty() && uri.starts_with(m) && (uri.len() == m.len() || uri[m.len()] == b'/') {
-            return (Some(self.mount.clone()), uri.slice(m.len()..));
+        let u = uri.as_bytes();
+        if !m.is_empty() && u.starts_with(m) && (u.len() == m.len() || u[m.len()] == b'/') {
+            return (
+                Some(Piece::Shared(&self.mount, &self.mount)),
+                uri.sub(m.len()..u.len()),
+            );
         }
-        let script =
-            (!m.is_empty() || matches!(self.flavor, Flavor::Cgi | Flavor::Wsgi)).then(Bytes::new);
-        (script, uri.clone())
+        let script = (!m.is_empty() || matches!(self.flavor, Flavor::Cgi | Flavor::Wsgi))
+            .then_some(Piece::Static(b""));
+        (script, uri)
     }
 
     /// nginx's `$host`: the Host header lower-cased without its port (or the server name).
-    fn host(&self, head: &RequestHead, arena: &mut BytesMut) -> Bytes {
-        let Some(h) = head.header_bytes("host").filter(|h| !h.is_empty()) else {
-            return self.server_name.clone();
+    fn host<'a, H: HeadSource + ?Sized>(&'a self, head: &'a H, buf: &'a mut Vec<u8>) -> Piece<'a> {
+        let Some(h) = head.header("host").filter(|h| !h.as_bytes().is_empty()) else {
+            return Piece::Shared(&self.server_name, &self.server_name);
         };
-        let mut end = if h.first() == Some(&b'[') {
-            h.iter().position(|&b| b == b']').map_or(h.len(), |i| i + 1)
+        let b = h.as_bytes();
+        let mut end = if b.first() == Some(&b'[') {
+            b.iter().position(|&c| c == b']').map_or(b.len(), |i| i + 1)
         } else {
-            h.iter().position(|&b| b == b':').unwrap_or(h.len())
+            b.iter().position(|&c| c == b':').unwrap_or(b.len())
         };
-        if end > 0 && h[end - 1] == b'.' {
+        if end > 0 && b[end - 1] == b'.' {
             end -= 1;
         }
-        let host = &h[..end];
+        let host = &b[..end];
         if host.iter().any(u8::is_ascii_uppercase) {
-            made(arena, |a| a.extend(host.iter().map(u8::to_ascii_lowercase)))
+            buf.extend(host.iter().map(u8::to_ascii_lowercase));
+            Piece::Temp(buf)
         } else {
-            h.slice(..end)
+            h.sub(0..end)
         }
     }
+}
 
-    fn push_headers(&self, env: &mut Env, head: &RequestHead, arena: &mut BytesMut) {
-        let start = env.len();
-        for (name, value) in &head.headers {
-            if !valid_header_name(name, self.underscores_in_headers) {
-                continue; // nginx's ignore_invalid_headers: dropped, so no smuggling
-            }
-            if name.eq_ignore_ascii_case(b"content-type")
-                || name.eq_ignore_ascii_case(b"content-length")
-            {
-                continue; // already CONTENT_TYPE / CONTENT_LENGTH
-            }
-            let var = made(arena, |a| {
-                a.put_slice(b"HTTP_");
-                a.extend(name.iter().map(|&b| match b {
-                    b'-' => b'_',
-                    b => b.to_ascii_uppercase(),
-                }));
-            });
-            let rfc = matches!(self.flavor, Flavor::Cgi | Flavor::Wsgi);
-            if rfc
-                && (&var[..] == b"HTTP_PROXY"
-                    || (self.flavor == Flavor::Cgi && &var[..] == b"HTTP_AUTHORIZATION"))
-            {
-                continue;
-            }
-            if !rfc && &var[..] == b"HTTP_HOST" {
-                continue; // the stock params send $host instead
-            }
-            if self.is_param(&var) {
-                continue;
-            }
-            // Repeated headers: one var at the first occurrence, values joined.
-            if let Some(pos) = env.pairs[start..]
-                .iter()
-                .position(|(k, _)| k[..] == var[..])
-            {
-                let (_, joined) = &mut env.pairs[start + pos];
-                let sep: &[u8] = if &var[..] == b"HTTP_COOKIE" {
-                    b"; "
-                } else {
-                    b", "
-                };
-                let mut v = BytesMut::with_capacity(joined.len() + sep.len() + value.len());
-                v.put_slice(joined);
-                v.put_slice(sep);
-                v.put_slice(value);
-                *joined = v.freeze();
-                continue;
-            }
-            env.push(var, value.clone());
+/// The names of the stock vars (a param of one of these replaces it in its place).
+const STOCK: [&[u8]; 24] = [
+    b"QUERY_STRING",
+    b"REQUEST_METHOD",
+    b"CONTENT_TYPE",
+    b"CONTENT_LENGTH",
+    b"REQUEST_URI",
+    b"SCRIPT_NAME",
+    b"PATH_INFO",
+    b"DOCUMENT_ROOT",
+    b"SERVER_PROTOCOL",
+    b"REQUEST_SCHEME",
+    b"HTTPS",
+    b"REMOTE_ADDR",
+    b"REMOTE_PORT",
+    b"SERVER_PORT",
+    b"SERVER_NAME",
+    b"HTTP_HOST",
+    b"DOCUMENT_URI",
+    b"GATEWAY_INTERFACE",
+    b"SERVER_SOFTWARE",
+    b"REMOTE_USER",
+    b"SERVER_ADDR",
+    b"REDIRECT_STATUS",
+    b"SCGI",
+    b"AUTH_TYPE",
+];
+
+/// Indexes into [`STOCK`].
+mod stock {
+    pub(super) const QUERY_STRING: usize = 0;
+    pub(super) const REQUEST_METHOD: usize = 1;
+    pub(super) const CONTENT_TYPE: usize = 2;
+    pub(super) const CONTENT_LENGTH: usize = 3;
+    pub(super) const REQUEST_URI: usize = 4;
+    pub(super) const SCRIPT_NAME: usize = 5;
+    pub(super) const PATH_INFO: usize = 6;
+    pub(super) const DOCUMENT_ROOT: usize = 7;
+    pub(super) const SERVER_PROTOCOL: usize = 8;
+    pub(super) const REQUEST_SCHEME: usize = 9;
+    pub(super) const HTTPS: usize = 10;
+    pub(super) const REMOTE_ADDR: usize = 11;
+    pub(super) const REMOTE_PORT: usize = 12;
+    pub(super) const SERVER_PORT: usize = 13;
+    pub(super) const SERVER_NAME: usize = 14;
+    pub(super) const HTTP_HOST: usize = 15;
+    pub(super) const DOCUMENT_URI: usize = 16;
+    pub(super) const GATEWAY_INTERFACE: usize = 17;
+    pub(super) const SERVER_SOFTWARE: usize = 18;
+    pub(super) const REMOTE_USER: usize = 19;
+    pub(super) const SERVER_ADDR: usize = 20;
+    pub(super) const REDIRECT_STATUS: usize = 21;
+    pub(super) const SCGI: usize = 22;
+    pub(super) const AUTH_TYPE: usize = 23;
+}
+
+/// The index of a stock var's name.
+fn stock_index(name: &[u8]) -> Option<usize> {
+    Some(match name {
+        b"QUERY_STRING" => stock::QUERY_STRING,
+        b"REQUEST_METHOD" => stock::REQUEST_METHOD,
+        b"CONTENT_TYPE" => stock::CONTENT_TYPE,
+        b"CONTENT_LENGTH" => stock::CONTENT_LENGTH,
+        b"REQUEST_URI" => stock::REQUEST_URI,
+        b"SCRIPT_NAME" => stock::SCRIPT_NAME,
+        b"PATH_INFO" => stock::PATH_INFO,
+        b"DOCUMENT_ROOT" => stock::DOCUMENT_ROOT,
+        b"SERVER_PROTOCOL" => stock::SERVER_PROTOCOL,
+        b"REQUEST_SCHEME" => stock::REQUEST_SCHEME,
+        b"HTTPS" => stock::HTTPS,
+        b"REMOTE_ADDR" => stock::REMOTE_ADDR,
+        b"REMOTE_PORT" => stock::REMOTE_PORT,
+        b"SERVER_PORT" => stock::SERVER_PORT,
+        b"SERVER_NAME" => stock::SERVER_NAME,
+        b"HTTP_HOST" => stock::HTTP_HOST,
+        b"DOCUMENT_URI" => stock::DOCUMENT_URI,
+        b"GATEWAY_INTERFACE" => stock::GATEWAY_INTERFACE,
+        b"SERVER_SOFTWARE" => stock::SERVER_SOFTWARE,
+        b"REMOTE_USER" => stock::REMOTE_USER,
+        b"SERVER_ADDR" => stock::SERVER_ADDR,
+        b"REDIRECT_STATUS" => stock::REDIRECT_STATUS,
+        b"SCGI" => stock::SCGI,
+        b"AUTH_TYPE" => stock::AUTH_TYPE,
+        _ => return None,
+    })
+}
+
+/// Whether header names `a` and `b` make the same HTTP_* var (case and `-`/`_` aside).
+fn same_var(a: &[u8], b: &[u8]) -> bool {
+    let fold = |c: u8| {
+        if c == b'-' {
+            b'_'
+        } else {
+            c.to_ascii_uppercase()
+        }
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| fold(x) == fold(y))
+}
+
+/// `n` in decimal, written at the end of `buf`.
+fn decimal(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
         }
     }
+    &buf[i..]
 }
 
 /// nginx's header-name rule: `A-Z a-z 0-9 -` only (and `_` when
@@ -621,30 +875,13 @@ fn made(arena: &mut BytesMut, f: impl FnOnce(&mut BytesMut)) -> Bytes {
 }
 
 /// `n` in decimal (without the formatting machinery: this runs for every request).
-fn put_decimal(dst: &mut BytesMut, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    dst.put_slice(&digits[i..]);
-}
-
-fn auth(head: &RequestHead) -> Option<(Bytes, Option<Bytes>)> {
-    let v = head.header_value("authorization")?;
-    let scheme_end = v.iter().position(|&b| b == b' ').unwrap_or(v.len());
-    let scheme = Bytes::copy_from_slice(&v[..scheme_end]);
-    Some((scheme, remote_user(head)))
+fn put_decimal(dst: &mut BytesMut, n: u64) {
+    dst.put_slice(decimal(&mut [0; 20], n));
 }
 
 /// nginx's `$remote_user`: the user of `Authorization: Basic`.
-fn remote_user(head: &RequestHead) -> Option<Bytes> {
-    let v = head.header_value("authorization")?;
+fn remote_user<H: HeadSource + ?Sized>(head: &H) -> Option<Vec<u8>> {
+    let v = head.header("authorization")?.as_bytes();
     let rest = v
         .strip_prefix(b"Basic ")
         .or_else(|| v.strip_prefix(b"basic "))?;
@@ -652,7 +889,9 @@ fn remote_user(head: &RequestHead) -> Option<Bytes> {
         .decode(rest.trim_ascii())
         .ok()?;
     let user_end = decoded.iter().position(|&b| b == b':')?;
-    Some(Bytes::copy_from_slice(&decoded[..user_end]))
+    let mut decoded = decoded;
+    decoded.truncate(user_end);
+    Some(decoded)
 }
 
 /// Splits a request target into its raw path and query (`""` when none).
@@ -824,17 +1063,15 @@ mod tests {
     #[test]
     fn mount_matches_whole_segments() {
         let b = EnvBuilder::new(Flavor::Uwsgi).mount("/app/");
-        assert_eq!(
-            b.split_mount(&Bytes::from_static(b"/app/x")),
-            (Some(Bytes::from("/app")), Bytes::from("/x"))
-        );
-        assert_eq!(
-            b.split_mount(&Bytes::from_static(b"/app")),
-            (Some(Bytes::from("/app")), Bytes::new())
-        );
-        assert_eq!(
-            b.split_mount(&Bytes::from_static(b"/apple")),
-            (Some(Bytes::new()), Bytes::from("/apple"))
-        );
+        let split = |uri: &'static [u8]| {
+            let (script, info) = b.split_mount(Piece::Static(uri));
+            (
+                script.map(|s| s.as_bytes().to_vec()),
+                info.as_bytes().to_vec(),
+            )
+        };
+        assert_eq!(split(b"/app/x"), (Some(b"/app".to_vec()), b"/x".to_vec()));
+        assert_eq!(split(b"/app"), (Some(b"/app".to_vec()), b"".to_vec()));
+        assert_eq!(split(b"/apple"), (Some(b"".to_vec()), b"/apple".to_vec()));
     }
 }

@@ -2,12 +2,14 @@
 
 mod http;
 pub mod names;
+mod sink;
 
 use std::fmt;
 
 use bytes::Bytes;
 
 pub use self::http::{AddrText, EnvBuilder, Flavor, PathError, RequestHead, normalize_path};
+pub use self::sink::{EnvSink, HeadSource, Piece, WriteError};
 
 /// The CGI meta-variables of one request: ordered, byte-exact pairs.
 ///

@@ -156,3 +156,106 @@ proptest! {
         fuzz_fastcgi_stream(&wire);
     }
 }
+
+/// A request with headers from a small set of names (so that some repeat, in other case or
+/// with `_` for `-`) for the env writer's properties.
+#[cfg(feature = "http")]
+fn request_parts() -> impl Strategy<Value = http::request::Parts> {
+    let names = prop::sample::select(vec![
+        "Host",
+        "host",
+        "Cookie",
+        "X-A",
+        "x-a",
+        "X_A",
+        "Content-Type",
+        "Content-Length",
+        "Accept",
+        "Authorization",
+        "Proxy",
+    ]);
+    (
+        prop::sample::select(vec!["GET", "POST", "HEAD", "PROPFIND"]),
+        "/[a-z]{1,3}(/[a-zA-Z0-9._~-]{0,5}|/%41|/\\.\\.|//){0,3}(\\?[a-z=&]{0,8})?",
+        vec((names, "[!-~]{0,10}"), 0..10),
+    )
+        .prop_map(|(method, target, headers)| {
+            let mut req = http::Request::builder().method(method).uri(target);
+            for (n, v) in headers {
+                req = req.header(n, v);
+            }
+            req.body(()).unwrap().into_parts().0
+        })
+}
+
+#[cfg(feature = "http")]
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// One env, three ways: collected from the request parts in place, from a copied
+    /// `RequestHead`, and written straight into a uwsgi packet: the same vars in the same
+    /// order (or the same path error).
+    #[test]
+    fn env_from_parts_head_and_packet_agree(
+        parts in request_parts(),
+        flavor in prop::sample::select(vec![
+            cgi_family::Flavor::Uwsgi, cgi_family::Flavor::FastCgi, cgi_family::Flavor::Scgi,
+            cgi_family::Flavor::Cgi, cgi_family::Flavor::Wsgi,
+        ]),
+        params in vec((prop::sample::select(vec![
+            "HTTP_X_A", "HTTP_PROXY", "SERVER_NAME", "HTTPS", "X_EXTRA", "DOCUMENT_ROOT",
+            "HTTP_HOST", "SCRIPT_NAME",
+        ]), "[a-z]{0,3}"), 0..5),
+        builder_param in proptest::option::of("[a-z]{0,3}"),
+        underscores in any::<bool>(),
+        https in any::<bool>(),
+        mount in proptest::option::of(prop::sample::select(vec!["/a", "/A/"])),
+        length in proptest::option::of(0u64..100_000),
+    ) {
+        let mut b = cgi_family::EnvBuilder::new(flavor)
+            .underscores_in_headers(underscores)
+            .https(https)
+            .content_length(length)
+            .peer("10.1.2.3:4567".parse().unwrap())
+            .server_name("example.org");
+        if let Some(m) = mount {
+            b = b.mount(m);
+        }
+        if let Some(v) = builder_param {
+            b = b.param("HTTP_ACCEPT", v);
+        }
+        let params: Vec<(Bytes, Bytes)> = params
+            .into_iter()
+            .map(|(k, v)| (Bytes::from(k), Bytes::from(v)))
+            .collect();
+        let in_place = b.build_with(&parts, &params);
+        let copied = b.build_with(&cgi_family::RequestHead::from_http(&parts), &params);
+        prop_assert_eq!(&in_place, &copied);
+        let mut packet = Vec::new();
+        let mut p = uwsgi_proto::PacketBuilder::new(&mut packet);
+        let written = b.write(&parts, &params, &mut p);
+        match in_place {
+            Ok(env) => {
+                prop_assert!(written.is_ok());
+                let size = p.finish();
+                let mut expected = Vec::new();
+                env.encode_uwsgi(
+                    uwsgi_proto::Modifier1::WSGI,
+                    uwsgi_proto::Modifier2::ZERO,
+                    65535,
+                    &mut expected,
+                )
+                .unwrap();
+                prop_assert_eq!(&packet[..size], &expected[..]);
+                // Repeated names never reach the wire: one var per header name.
+                let http_vars: Vec<&[u8]> =
+                    env.iter().map(|(k, _)| k).filter(|k| k.starts_with(b"HTTP_")).collect();
+                let mut distinct = http_vars.clone();
+                distinct.sort();
+                distinct.dedup();
+                prop_assert_eq!(distinct.len(), http_vars.len());
+            }
+            Err(e) => prop_assert_eq!(written, Err(cgi_family::WriteError::Path(e))),
+        }
+    }
+}

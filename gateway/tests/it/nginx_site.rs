@@ -14,7 +14,7 @@ def application(environ, start_response):
     data = environ["wsgi.input"].read()
     keys = ["REQUEST_METHOD", "REQUEST_URI", "PATH_INFO", "QUERY_STRING", "SERVER_NAME",
             "HTTP_HOST", "CONTENT_LENGTH", "CONTENT_TYPE", "REMOTE_ADDR", "X_SITE", "DOCUMENT_ROOT",
-            "X_ROOT"]
+            "X_ROOT", "HTTP_PROXY", "HTTP_X_TAG", "HTTP_X_PROBE"]
     lines = ["%s=%s" % (k, environ.get(k, "-")) for k in keys]
     lines.append("body=%d:%s" % (len(data), hashlib.sha256(data).hexdigest()[:16]))
     start_response("200 OK", [("Content-Type", "text/plain"), ("X-App", "yes")])
@@ -48,6 +48,8 @@ server {{
         include uwsgi_params;
         uwsgi_param X_SITE tutorial-$host;
         uwsgi_param X_ROOT $document_root/app;
+        uwsgi_param HTTP_PROXY "";
+        uwsgi_param HTTP_X_TAG fixed-$host;
     }}
 }}
 server {{
@@ -159,6 +161,10 @@ fn the_same_site_answers_the_same_under_nginx_and_the_gateway() {
         ("pass, second server name", get("/app/x", "www.example.com")),
         ("pass, encoded slash kept raw in REQUEST_URI", get("/app/a%2Fb", "example.com")),
         ("pass, dot segments", get("/app/./x/../y", "example.com")),
+        (
+            "pass, params in place of the client's headers",
+            b"GET /app/h HTTP/1.1\r\nHost: example.com\r\nProxy: http://evil\r\nX-Tag: client\r\nX-Probe: one\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
         ("above the root", get("/media/../../etc/passwd", "example.com")),
         ("other server", get("/", "other.example")),
         ("unknown host: first server", get("/health", "nobody.example")),
