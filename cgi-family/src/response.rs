@@ -1,7 +1,7 @@
 //! CGI response heads (RFC 3875 section 6), shared by FastCGI, SCGI, uwsgi and CGI
 //! scripts.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 /// What kind of response the head describes (RFC 3875 6.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +161,39 @@ impl ResponseHeadDecoder {
 
     /// Parses the head once `buf` (everything received so far) holds all of it.
     pub fn decode(&mut self, buf: &[u8]) -> Result<Option<(CgiResponse, usize)>, ResponseError> {
+        let Some(end) = self.find_end(buf)? else {
+            return Ok(None);
+        };
+        parse_lines(&buf[..end], &self.opts, Bytes::copy_from_slice).map(|r| Some((r, end)))
+    }
+
+    /// As [`ResponseHeadDecoder::decode`], taking the head out of `buf` once it is whole:
+    /// its bytes are split off (what follows, the start of the body, stays in `buf`) and
+    /// the response's names and values are slices of them, not copies.
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use cgi_family::{HeadOptions, ResponseHeadDecoder};
+    /// let mut buf = BytesMut::from(&b"Content-Type: text/plain\r\n\r\nhello"[..]);
+    /// let mut d = ResponseHeadDecoder::new(HeadOptions::default());
+    /// let head = d.decode_split(&mut buf)?.unwrap();
+    /// assert_eq!(head.header("content-type"), Some(&b"text/plain"[..]));
+    /// assert_eq!(&buf[..], b"hello");
+    /// # Ok::<(), cgi_family::ResponseError>(())
+    /// ```
+    pub fn decode_split(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> Result<Option<CgiResponse>, ResponseError> {
+        let Some(end) = self.find_end(buf)? else {
+            return Ok(None);
+        };
+        let head = buf.split_to(end).freeze();
+        parse_lines(&head, &self.opts, |part| head.slice_ref(part)).map(Some)
+    }
+
+    /// Where the head ends in `buf`, once it is there (checked against the size limit).
+    fn find_end(&mut self, buf: &[u8]) -> Result<Option<usize>, ResponseError> {
         let limit = self.opts.max_size;
         // A head that is just "\n" or "\r\n" has no field.
         if buf.starts_with(b"\n") || buf.starts_with(b"\r\n") {
@@ -176,7 +209,7 @@ impl ResponseHeadDecoder {
         if end > limit {
             return Err(ResponseError::TooLarge { limit });
         }
-        parse_lines(&buf[..end], &self.opts).map(|r| Some((r, end)))
+        Ok(Some(end))
     }
 }
 
@@ -184,7 +217,7 @@ fn is_token(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-fn parse_status(v: &[u8]) -> Result<(u16, Bytes), ResponseError> {
+fn parse_status(v: &[u8], keep: &impl Fn(&[u8]) -> Bytes) -> Result<(u16, Bytes), ResponseError> {
     let (code, rest) = v.split_at_checked(3).ok_or(ResponseError::BadStatus)?;
     if !code.iter().all(u8::is_ascii_digit) || code[0] == b'0' {
         return Err(ResponseError::BadStatus);
@@ -195,10 +228,16 @@ fn parse_status(v: &[u8]) -> Result<(u16, Bytes), ResponseError> {
         _ => return Err(ResponseError::BadStatus),
     };
     let status = code.iter().fold(0u16, |n, &d| n * 10 + u16::from(d - b'0'));
-    Ok((status, Bytes::copy_from_slice(reason.trim_ascii())))
+    Ok((status, keep(reason.trim_ascii())))
 }
 
-fn parse_lines(head: &[u8], opts: &HeadOptions) -> Result<CgiResponse, ResponseError> {
+/// Parses the lines of `head`; `keep` makes the names and values kept (copies, or slices
+/// of a shared buffer).
+fn parse_lines(
+    head: &[u8],
+    opts: &HeadOptions,
+    keep: impl Fn(&[u8]) -> Bytes,
+) -> Result<CgiResponse, ResponseError> {
     let mut status: Option<(u16, Bytes)> = None;
     let mut headers = Vec::new();
     let (mut seen_ct, mut seen_loc, mut fields) = (false, false, 0);
@@ -218,7 +257,7 @@ fn parse_lines(head: &[u8], opts: &HeadOptions) -> Result<CgiResponse, ResponseE
                         .position(|&b| b == b' ')
                         .map(|p| &line[p + 1..])
                         .ok_or(ResponseError::BadStatus)?;
-                    status = Some(parse_status(after)?);
+                    status = Some(parse_status(after, &keep)?);
                     continue;
                 }
             }
@@ -244,7 +283,7 @@ fn parse_lines(head: &[u8], opts: &HeadOptions) -> Result<CgiResponse, ResponseE
             if status.is_some() {
                 return repeated;
             }
-            status = Some(parse_status(value)?);
+            status = Some(parse_status(value, &keep)?);
             continue;
         }
         if name.eq_ignore_ascii_case(b"content-type") {
@@ -259,7 +298,7 @@ fn parse_lines(head: &[u8], opts: &HeadOptions) -> Result<CgiResponse, ResponseE
             }
             seen_loc = true;
         }
-        headers.push((Bytes::copy_from_slice(name), Bytes::copy_from_slice(value)));
+        headers.push((keep(name), keep(value)));
     }
     if fields == 0 && status.is_none() {
         return Err(ResponseError::Empty);

@@ -821,8 +821,8 @@ impl Pass {
             },
             ..HeadOptions::default()
         });
-        let head = loop {
-            match decoder.decode(&buf) {
+        let cgi = loop {
+            match decoder.decode_split(&mut buf) {
                 Ok(Some(h)) => break h,
                 Ok(None) => {}
                 Err(e) => return Err(TryError::Upstream(format!("bad response head: {e}"))),
@@ -842,27 +842,28 @@ impl Pass {
                 Ok(Ok(_)) => {}
             }
         };
-        let (cgi, used) = head;
-        let _ = buf.split_to(used);
-        let mut response = http::Response::builder().status(
-            http::StatusCode::from_u16(cgi.status)
-                .map_err(|_| TryError::Upstream(format!("bad status {}", cgi.status)))?,
-        );
+        let status = http::StatusCode::from_u16(cgi.status)
+            .map_err(|_| TryError::Upstream(format!("bad status {}", cgi.status)))?;
+        let mut response = http::Response::new(PassBody::default());
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.reserve(cgi.headers.len());
         let mut length = None;
-        for (k, v) in &cgi.headers {
-            let Ok(name) = http::HeaderName::from_bytes(k) else {
+        for (k, v) in cgi.headers {
+            let Ok(name) = http::HeaderName::from_bytes(&k) else {
                 continue;
             };
             if HOP_BY_HOP.contains(&name.as_str()) {
                 continue;
             }
             if name == http::header::CONTENT_LENGTH {
-                length = std::str::from_utf8(v)
+                length = std::str::from_utf8(&v)
                     .ok()
                     .and_then(|v| v.trim().parse::<u64>().ok());
             }
-            if let Ok(value) = http::HeaderValue::from_bytes(v) {
-                response = response.header(name, value);
+            // The value shares the head's bytes (no copy).
+            if let Ok(value) = http::HeaderValue::from_maybe_shared(v) {
+                headers.append(name, value);
             }
         }
         // A small answer is often all there already (and, over uwsgi or SCGI, ended by
@@ -888,9 +889,8 @@ impl Pass {
             if let Some(n) = length {
                 buf.truncate(usize::try_from(n).unwrap_or(usize::MAX));
             }
-            return response
-                .body(PassBody::full(buf.freeze()))
-                .map_err(|e| TryError::Upstream(e.to_string()));
+            *response.body_mut() = PassBody::full(buf.freeze());
+            return Ok(response);
         }
         // The body is read as fast as the backend sends it, into memory then a temporary
         // file: a slow client does not hold the backend.
@@ -945,9 +945,8 @@ impl Pass {
                 }
             }
         });
-        response
-            .body(PassBody::channel(rx, length))
-            .map_err(|e| TryError::Upstream(e.to_string()))
+        *response.body_mut() = PassBody::channel(rx, length);
+        Ok(response)
     }
 }
 

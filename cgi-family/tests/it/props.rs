@@ -130,6 +130,42 @@ proptest! {
         prop_assert_eq!(got, headers);
     }
 
+    /// The head taken out of a buffer (names and values sharing it) is the head parsed
+    /// from a slice, however the bytes arrive; the rest stays in the buffer.
+    #[test]
+    fn decode_split_agrees_with_decode(data in vec(any::<u8>(), 0..200), head in "([A-Za-z-]{1,8}: [ -~]{0,12}\r?\n){0,5}\r?\n", cut in any::<prop::sample::Index>()) {
+        for input in [data.clone(), [head.as_bytes(), &data].concat()] {
+            let opts = HeadOptions::default();
+            let mut whole = cgi_family::ResponseHeadDecoder::new(opts);
+            let expected = whole.decode(&input);
+            let mut split = cgi_family::ResponseHeadDecoder::new(opts);
+            let mut buf = BytesMut::new();
+            let at = cut.index(input.len() + 1);
+            let mut got = None;
+            let mut received = 0;
+            for piece in [&input[..at], &input[at..]] {
+                buf.extend_from_slice(piece);
+                received += piece.len();
+                match split.decode_split(&mut buf) {
+                    Ok(None) => {}
+                    r => {
+                        got = Some(r);
+                        break;
+                    }
+                }
+            }
+            match (expected, got) {
+                (Ok(None), None) => prop_assert_eq!(&buf[..], &input[..]),
+                (Ok(Some((r, used))), Some(Ok(Some(g)))) => {
+                    prop_assert_eq!(g, r);
+                    prop_assert_eq!(&buf[..], &input[used..received]);
+                }
+                (Err(e), Some(Err(g))) => prop_assert_eq!(g, e),
+                (e, g) => prop_assert!(false, "decode {:?}, decode_split {:?}", e, g),
+            }
+        }
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(data in vec(any::<u8>(), 0..400)) {
         for sel in [0u8, 1, 2, 3, 4, 5, 16, 33, 40] {
