@@ -420,7 +420,15 @@ impl Upstream {
                 && !peer.addrs().is_empty()
         };
         let mut index = None;
+        // One server (the common `uwsgi_pass unix:...`): every policy picks it if usable.
+        let single = self.peers.len() == 1;
+        if single && usable(0, &state) {
+            index = Some(0);
+        }
         for backup in [false, true] {
+            if single {
+                break;
+            }
             let candidates: Vec<usize> = (0..self.peers.len())
                 .filter(|&i| self.peers[i].spec.backup == backup && usable(i, &state))
                 .collect();
