@@ -169,6 +169,8 @@ struct Return {
 struct PassParam {
     name: Bytes,
     value: Value,
+    /// `if_not_empty`: not sent when its value comes out empty.
+    if_not_empty: bool,
 }
 
 /// A location's `*_param` lines: ready-made when none names a variable of the request
@@ -859,7 +861,13 @@ impl Reader<'_> {
                 "scgi_pass" => pass_directive = Some((x, Protocol::Scgi)),
                 "fastcgi_pass" => pass_directive = Some((x, Protocol::FastCgi)),
                 "uwsgi_param" | "scgi_param" | "fastcgi_param" => match x.args.as_slice() {
-                    [k, v] | [k, v, _] => params.push((k.clone(), v.clone())),
+                    [k, v] => params.push((k.clone(), v.clone(), false)),
+                    [k, v, flag] if flag == "if_not_empty" => {
+                        params.push((k.clone(), v.clone(), true));
+                    }
+                    [_, _, flag] => {
+                        return Err(err(x, format!("invalid parameter \"{flag}\"")));
+                    }
                     _ => return Err(err(x, "invalid number of arguments")),
                 },
                 "uwsgi_read_timeout" | "scgi_read_timeout" | "fastcgi_read_timeout" => {
@@ -934,7 +942,7 @@ impl Reader<'_> {
                 .unwrap_or_default();
             let params: Vec<PassParam> = params
                 .into_iter()
-                .map(|(k, v)| PassParam {
+                .map(|(k, v, if_not_empty)| PassParam {
                     name: Bytes::from(k),
                     value: match v.as_str() {
                         "$document_root" | "${document_root}" => {
@@ -945,10 +953,14 @@ impl Reader<'_> {
                         }
                         _ => Value::new(v),
                     },
+                    if_not_empty,
                 })
                 .collect();
             let fixed: Option<Vec<(Bytes, Bytes)>> = params
                 .iter()
+                .filter(|p| {
+                    !(p.if_not_empty && matches!(&p.value, Value::Fixed(v) if v.is_empty()))
+                })
                 .map(|p| match &p.value {
                     Value::Fixed(v) => Some((p.name.clone(), v.clone())),
                     Value::Template(_) => None,
@@ -1515,7 +1527,9 @@ impl Site {
                         let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
                         extra = params
                             .iter()
-                            .map(|p| (p.name.clone(), p.value.expand(&vars)))
+                            .map(|p| (p, p.value.expand(&vars)))
+                            .filter(|(p, v)| !(p.if_not_empty && v.is_empty()))
+                            .map(|(p, v)| (p.name.clone(), v))
                             .collect();
                         &extra
                     }
@@ -1674,7 +1688,7 @@ impl Site {
 }
 
 /// The (name, value) lines of the stock params file for `protocol`.
-fn stock_params(protocol: Protocol) -> Vec<(String, String)> {
+fn stock_params(protocol: Protocol) -> Vec<(String, String, bool)> {
     let name = match protocol {
         Protocol::Uwsgi => "uwsgi_params",
         Protocol::Scgi => "scgi_params",
@@ -1685,7 +1699,8 @@ fn stock_params(protocol: Protocol) -> Vec<(String, String)> {
         .unwrap_or_default()
         .into_iter()
         .filter_map(|d| match d.args.as_slice() {
-            [k, v] => Some((k.clone(), v.clone())),
+            [k, v] => Some((k.clone(), v.clone(), false)),
+            [k, v, flag] => Some((k.clone(), v.clone(), flag == "if_not_empty")),
             _ => None,
         })
         .collect()

@@ -14,7 +14,7 @@ def application(environ, start_response):
     data = environ["wsgi.input"].read()
     keys = ["REQUEST_METHOD", "REQUEST_URI", "PATH_INFO", "QUERY_STRING", "SERVER_NAME",
             "HTTP_HOST", "CONTENT_LENGTH", "CONTENT_TYPE", "REMOTE_ADDR", "X_SITE", "DOCUMENT_ROOT",
-            "X_ROOT", "HTTP_PROXY", "HTTP_X_TAG", "HTTP_X_PROBE"]
+            "X_ROOT", "HTTP_PROXY", "HTTP_X_TAG", "HTTP_X_PROBE", "HTTPS", "X_EMPTY", "X_FULL"]
     lines = ["%s=%s" % (k, environ.get(k, "-")) for k in keys]
     lines.append("body=%d:%s" % (len(data), hashlib.sha256(data).hexdigest()[:16]))
     start_response("200 OK", [("Content-Type", "text/plain"), ("X-App", "yes")])
@@ -50,6 +50,8 @@ server {{
         uwsgi_param X_ROOT $document_root/app;
         uwsgi_param HTTP_PROXY "";
         uwsgi_param HTTP_X_TAG fixed-$host;
+        uwsgi_param X_EMPTY $http_x_none if_not_empty;
+        uwsgi_param X_FULL $host if_not_empty;
     }}
 }}
 server {{
