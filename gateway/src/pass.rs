@@ -482,19 +482,6 @@ impl Pass {
             Protocol::Scgi => Flavor::Scgi,
             Protocol::FastCgi => Flavor::FastCgi,
         };
-        let mut builder = EnvBuilder::new(flavor)
-            .https(conn.https())
-            .content_length(Some(body.len()).filter(|&n| n > 0 || has_body(&parts)));
-        if let Some(p) = &conn.peer_text {
-            builder = builder.peer_text(p.clone());
-        }
-        if let Some(l) = &conn.local_text {
-            builder = builder.local_text(l.clone());
-        }
-        if let Some(host) = parts.headers.get(http::header::HOST) {
-            let name = crate::site::vars::bytes_without_port(host.as_bytes());
-            builder = builder.server_name(Bytes::copy_from_slice(name));
-        }
         // The handler's params, then the request's (a later one of a name wins).
         let both: Vec<(Bytes, Bytes)>;
         let params = match (&self.params[..], extra) {
@@ -505,6 +492,21 @@ impl Pass {
                 &both
             }
         };
+        // The server name: the Host header's, without its port (unless a param names it:
+        // a site's own server_name).
+        let named = params.iter().any(|(k, _)| &k[..] == b"SERVER_NAME");
+        let server_name = match parts.headers.get(http::header::HOST).filter(|_| !named) {
+            Some(host) => {
+                Bytes::copy_from_slice(crate::site::vars::bytes_without_port(host.as_bytes()))
+            }
+            None => Bytes::new(),
+        };
+        // One expression: the builder is made in place, not moved from step to step.
+        let builder = EnvBuilder::new(flavor)
+            .https(conn.https())
+            .content_length(Some(body.len()).filter(|&n| n > 0 || has_body(&parts)))
+            .addresses(conn.peer_text.clone(), conn.local_text.clone())
+            .server_name(server_name);
         let bad_request = |e: &dyn std::fmt::Display| {
             tracing::warn!("{e}");
             plain(http::StatusCode::BAD_REQUEST, "Bad Request\n")

@@ -307,6 +307,14 @@ impl EnvBuilder {
         self
     }
 
+    /// Both addresses of the connection at once, already written out (see [`AddrText`];
+    /// `None` leaves REMOTE_* or SERVER_ADDR/PORT empty).
+    pub fn addresses(mut self, peer: Option<AddrText>, local: Option<AddrText>) -> Self {
+        self.peer = peer;
+        self.local = local;
+        self
+    }
+
     /// Whether the connection is TLS (REQUEST_SCHEME `https`, HTTPS `on`).
     pub fn https(mut self, on: bool) -> Self {
         self.https = on;
