@@ -1431,12 +1431,11 @@ impl Site {
         let Ok(path) = cgi_family::normalize_path(raw_path.as_bytes()) else {
             return error_page(StatusCode::BAD_REQUEST);
         };
-        // (`from_utf8` first: its ASCII fast path is quicker than the lossy walk.)
+        // A path already normal is the raw path itself, text already; a rebuilt one is
+        // checked (`from_utf8` first: quicker than the lossy walk).
         let mut uri: std::borrow::Cow<'_, str> = match path {
-            std::borrow::Cow::Borrowed(p) => match std::str::from_utf8(p) {
-                Ok(p) => p.into(),
-                Err(_) => String::from_utf8_lossy(p),
-            },
+            std::borrow::Cow::Borrowed(p) if p.len() == raw_path.len() => raw_path.into(),
+            std::borrow::Cow::Borrowed(p) => String::from_utf8_lossy(p),
             std::borrow::Cow::Owned(p) => match String::from_utf8(p) {
                 Ok(p) => p.into(),
                 Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned().into(),
