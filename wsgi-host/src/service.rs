@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use cgi_family::{AddrText, EnvBuilder, Flavor, RequestHead};
+use cgi_family::{AddrText, EnvBuilder, Flavor};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
@@ -102,7 +102,6 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let (parts, mut body) = req.into_parts();
-        let head = RequestHead::from_http(&parts);
         let mut builder = EnvBuilder::new(Flavor::Wsgi)
             .mount(self.mount.clone())
             .server_name(self.server_name.clone());
@@ -111,7 +110,8 @@ where
         } else if let Some(peer) = parts.extensions.get::<SocketAddr>() {
             builder = builder.peer(*peer);
         }
-        let env = builder.build(&head);
+        // Read from the request's parts in place (no copy of the head first).
+        let env = builder.build_with(&parts, &[]);
         let host = self.host.clone();
         let post_buffering = self.post_buffering;
         Box::pin(async move {

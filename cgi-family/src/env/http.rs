@@ -384,8 +384,18 @@ impl EnvBuilder {
         head: &H,
         params: &[(Bytes, Bytes)],
     ) -> Result<Env, PathError> {
-        // The values made here (numbers, addresses, HTTP_ names) share one allocation.
-        let names: usize = head.headers().map(|(n, _)| 5 + n.len()).sum();
+        // The values made here (numbers, addresses, HTTP_ names, and whatever the head
+        // cannot share) share one allocation.
+        let temp = |p: Piece<'_>| match p {
+            Piece::Temp(b) => b.len(),
+            _ => 0,
+        };
+        let names: usize = head
+            .headers()
+            .map(|(n, v)| 5 + n.len() + temp(v))
+            .sum::<usize>()
+            + 2 * temp(head.target())
+            + temp(head.method());
         let mut sink = Collect {
             env: Env::with_capacity(24 + self.params.len() + params.len() + names / 8),
             arena: BytesMut::with_capacity(160 + names),
