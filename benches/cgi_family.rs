@@ -96,6 +96,34 @@ fn bench(c: &mut Criterion) {
             .server_name("example.com");
         b.iter(|| black_box(builder.build(black_box(&head)).unwrap()))
     });
+    // What the front sends per request: the env as a uwsgi packet, made two ways.
+    let builder = cgi_family::EnvBuilder::new(Flavor::Uwsgi)
+        .peer("203.0.113.7:52814".parse().unwrap())
+        .local("192.0.2.1:80".parse().unwrap())
+        .server_name("example.com");
+    let mut packet = Vec::with_capacity(4096);
+    g.bench_function("uwsgi packet: build an Env, then encode it", |b| {
+        b.iter(|| {
+            packet.clear();
+            let env = builder.build(black_box(&head)).unwrap();
+            let modifiers = (uwsgi_proto::Modifier1::WSGI, uwsgi_proto::Modifier2::ZERO);
+            black_box(
+                env.encode_uwsgi(modifiers.0, modifiers.1, 65535, &mut packet)
+                    .unwrap(),
+            )
+        })
+    });
+    g.bench_function(
+        "uwsgi packet: write the env straight in (EnvBuilder::write)",
+        |b| {
+            b.iter(|| {
+                packet.clear();
+                let mut p = uwsgi_proto::PacketBuilder::new(&mut packet);
+                builder.write(black_box(&head), &[], &mut p).unwrap();
+                black_box(p.finish())
+            })
+        },
+    );
     let resp =
         b"Status: 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nX-Frame-Options: DENY\r\n\
                  Vary: Cookie\r\nContent-Length: 1234\r\nSet-Cookie: csrftoken=abc; Path=/\r\n\r\n";
