@@ -580,7 +580,6 @@ impl Pass {
                     plain(http::StatusCode::BAD_GATEWAY, "Bad Gateway\n")
                 };
             };
-            tried.push(pick.index);
             let started = Instant::now();
             match self.try_one(&pick.addr, &request, &body).await {
                 Ok(response) => {
@@ -600,6 +599,8 @@ impl Pass {
                     });
                 }
                 Err(e) => {
+                    // (Noted only on failure: a request answered at once allocates none.)
+                    tried.push(pick.index);
                     self.upstream.report(pick.index, false);
                     timed_out = matches!(e, TryError::Timeout);
                     let again = match &e {
@@ -807,10 +808,11 @@ impl Pass {
         if let Err(e) = sent.await {
             return Err(TryError::Stale(format!("sending the request: {e}")));
         }
-        let mut s: Box<dyn Stream> = if self.protocol == Protocol::FastCgi {
-            fastcgi_stdout(s, name, self.idle.clone())
+        // (uwsgi and SCGI read the connection itself: no box.)
+        let mut s = if self.protocol == Protocol::FastCgi {
+            tokio_util::either::Either::Right(fastcgi_stdout(s, name, self.idle.clone()))
         } else {
-            Box::new(s)
+            tokio_util::either::Either::Left(s)
         };
         // The response head.
         let mut buf = BytesMut::with_capacity(16 * 1024);
