@@ -419,16 +419,12 @@ impl Upstream {
                 && !peer.check_down.load(Ordering::Relaxed)
                 && !peer.addrs().is_empty()
         };
-        let mut index = None;
-        // One server (the common `uwsgi_pass unix:...`): every policy picks it if usable.
+        // One server (the common `uwsgi_pass unix:...`): every policy picks it if usable,
+        // with no candidates to gather; else the primaries first, then the backups.
         let single = self.peers.len() == 1;
-        if single && usable(0, &state) {
-            index = Some(0);
-        }
-        for backup in [false, true] {
-            if single {
-                break;
-            }
+        let mut index = (single && usable(0, &state)).then_some(0);
+        let passes: &[bool] = if single { &[] } else { &[false, true] };
+        for &backup in passes {
             let candidates: Vec<usize> = (0..self.peers.len())
                 .filter(|&i| self.peers[i].spec.backup == backup && usable(i, &state))
                 .collect();

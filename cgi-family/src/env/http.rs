@@ -390,15 +390,13 @@ impl EnvBuilder {
             Piece::Temp(b) => b.len(),
             _ => 0,
         };
-        let names: usize = head
-            .headers()
-            .map(|(n, v)| 5 + n.len() + temp(v))
-            .sum::<usize>()
-            + 2 * temp(head.target())
-            + temp(head.method());
+        let (headers, bytes) = head.headers().fold((0, 0), |(n, bytes), (name, v)| {
+            (n + 1, bytes + 5 + name.len() + temp(v))
+        });
+        let bytes = bytes + 2 * temp(head.target()) + temp(head.method());
         let mut sink = Collect {
-            env: Env::with_capacity(24 + self.params.len() + params.len() + names / 8),
-            arena: BytesMut::with_capacity(160 + names),
+            env: Env::with_capacity(24 + self.params.len() + params.len() + headers),
+            arena: BytesMut::with_capacity(160 + bytes),
         };
         match self.write(head, params, &mut sink) {
             Ok(()) => Ok(sink.env),
@@ -473,16 +471,16 @@ impl EnvBuilder {
         let mut replaced = 0u32;
         let mut http_params = false;
         for (k, _) in (0..n_params).filter_map(all) {
-            if let Some(i) = stock_index(k) {
-                replaced |= 1 << i;
+            if let Some(var) = stock_index(k) {
+                replaced |= 1 << var as u32;
             }
             http_params |= k.starts_with(b"HTTP_");
         }
         let mut sent_stock = 0u32;
-        let mut put = |i: usize, value: Piece<'_>| -> Result<(), S::Error> {
-            let name = STOCK[i];
-            sent_stock |= 1 << i;
-            if replaced & (1 << i) == 0 {
+        let mut put = |var: Stock, value: Piece<'_>| -> Result<(), S::Error> {
+            let name = STOCK[var as usize];
+            sent_stock |= 1 << var as u32;
+            if replaced & (1 << var as u32) == 0 {
                 return sink.var(Piece::Static(name), value);
             }
             match param(name) {
@@ -496,130 +494,130 @@ impl EnvBuilder {
         let sent: Result<(), S::Error> = (|| {
             match self.flavor {
                 Flavor::Uwsgi => {
-                    put(stock::QUERY_STRING, query)?;
-                    put(stock::REQUEST_METHOD, method)?;
-                    put(stock::CONTENT_TYPE, content_type.unwrap_or(empty))?;
-                    put(stock::CONTENT_LENGTH, content_length.unwrap_or(empty))?;
-                    put(stock::REQUEST_URI, request_uri)?;
+                    put(Stock::QUERY_STRING, query)?;
+                    put(Stock::REQUEST_METHOD, method)?;
+                    put(Stock::CONTENT_TYPE, content_type.unwrap_or(empty))?;
+                    put(Stock::CONTENT_LENGTH, content_length.unwrap_or(empty))?;
+                    put(Stock::REQUEST_URI, request_uri)?;
                     if let Some(script) = script {
-                        put(stock::SCRIPT_NAME, script)?;
+                        put(Stock::SCRIPT_NAME, script)?;
                     }
-                    put(stock::PATH_INFO, path_info)?;
-                    put(stock::DOCUMENT_ROOT, document_root)?;
-                    put(stock::SERVER_PROTOCOL, version)?;
-                    put(stock::REQUEST_SCHEME, scheme)?;
+                    put(Stock::PATH_INFO, path_info)?;
+                    put(Stock::DOCUMENT_ROOT, document_root)?;
+                    put(Stock::SERVER_PROTOCOL, version)?;
+                    put(Stock::REQUEST_SCHEME, scheme)?;
                     if let Some(on) = https {
-                        put(stock::HTTPS, on)?;
+                        put(Stock::HTTPS, on)?;
                     }
-                    put(stock::REMOTE_ADDR, remote_addr)?;
-                    put(stock::REMOTE_PORT, remote_port)?;
-                    put(stock::SERVER_PORT, server_port)?;
-                    put(stock::SERVER_NAME, server_name)?;
-                    put(stock::HTTP_HOST, host)?;
+                    put(Stock::REMOTE_ADDR, remote_addr)?;
+                    put(Stock::REMOTE_PORT, remote_port)?;
+                    put(Stock::SERVER_PORT, server_port)?;
+                    put(Stock::SERVER_NAME, server_name)?;
+                    put(Stock::HTTP_HOST, host)?;
                 }
                 Flavor::FastCgi => {
-                    put(stock::QUERY_STRING, query)?;
-                    put(stock::REQUEST_METHOD, method)?;
-                    put(stock::CONTENT_TYPE, content_type.unwrap_or(empty))?;
-                    put(stock::CONTENT_LENGTH, content_length.unwrap_or(empty))?;
+                    put(Stock::QUERY_STRING, query)?;
+                    put(Stock::REQUEST_METHOD, method)?;
+                    put(Stock::CONTENT_TYPE, content_type.unwrap_or(empty))?;
+                    put(Stock::CONTENT_LENGTH, content_length.unwrap_or(empty))?;
                     match script {
                         Some(script) => {
-                            put(stock::SCRIPT_NAME, script)?;
-                            put(stock::PATH_INFO, path_info)?;
+                            put(Stock::SCRIPT_NAME, script)?;
+                            put(Stock::PATH_INFO, path_info)?;
                         }
-                        None => put(stock::SCRIPT_NAME, uri)?,
+                        None => put(Stock::SCRIPT_NAME, uri)?,
                     }
-                    put(stock::REQUEST_URI, request_uri)?;
-                    put(stock::DOCUMENT_URI, uri)?;
-                    put(stock::DOCUMENT_ROOT, document_root)?;
-                    put(stock::SERVER_PROTOCOL, version)?;
-                    put(stock::REQUEST_SCHEME, scheme)?;
+                    put(Stock::REQUEST_URI, request_uri)?;
+                    put(Stock::DOCUMENT_URI, uri)?;
+                    put(Stock::DOCUMENT_ROOT, document_root)?;
+                    put(Stock::SERVER_PROTOCOL, version)?;
+                    put(Stock::REQUEST_SCHEME, scheme)?;
                     if let Some(on) = https {
-                        put(stock::HTTPS, on)?;
+                        put(Stock::HTTPS, on)?;
                     }
-                    put(stock::GATEWAY_INTERFACE, Piece::Static(b"CGI/1.1"))?;
+                    put(Stock::GATEWAY_INTERFACE, Piece::Static(b"CGI/1.1"))?;
                     put(
-                        stock::SERVER_SOFTWARE,
+                        Stock::SERVER_SOFTWARE,
                         Piece::Shared(&self.server_software, &self.server_software),
                     )?;
-                    put(stock::REMOTE_ADDR, remote_addr)?;
-                    put(stock::REMOTE_PORT, remote_port)?;
+                    put(Stock::REMOTE_ADDR, remote_addr)?;
+                    put(Stock::REMOTE_PORT, remote_port)?;
                     let user = remote_user(head);
                     put(
-                        stock::REMOTE_USER,
+                        Stock::REMOTE_USER,
                         user.as_deref().map_or(empty, Piece::Temp),
                     )?;
-                    put(stock::SERVER_ADDR, server_addr)?;
-                    put(stock::SERVER_PORT, server_port)?;
-                    put(stock::SERVER_NAME, server_name)?;
-                    put(stock::REDIRECT_STATUS, Piece::Static(b"200"))?;
-                    put(stock::HTTP_HOST, host)?;
+                    put(Stock::SERVER_ADDR, server_addr)?;
+                    put(Stock::SERVER_PORT, server_port)?;
+                    put(Stock::SERVER_NAME, server_name)?;
+                    put(Stock::REDIRECT_STATUS, Piece::Static(b"200"))?;
+                    put(Stock::HTTP_HOST, host)?;
                 }
                 Flavor::Scgi => {
                     put(
-                        stock::CONTENT_LENGTH,
+                        Stock::CONTENT_LENGTH,
                         content_length
                             .filter(|v| !v.as_bytes().is_empty())
                             .unwrap_or(Piece::Static(b"0")),
                     )?;
-                    put(stock::REQUEST_METHOD, method)?;
-                    put(stock::REQUEST_URI, request_uri)?;
-                    put(stock::QUERY_STRING, query)?;
-                    put(stock::CONTENT_TYPE, content_type.unwrap_or(empty))?;
-                    put(stock::DOCUMENT_URI, uri)?;
+                    put(Stock::REQUEST_METHOD, method)?;
+                    put(Stock::REQUEST_URI, request_uri)?;
+                    put(Stock::QUERY_STRING, query)?;
+                    put(Stock::CONTENT_TYPE, content_type.unwrap_or(empty))?;
+                    put(Stock::DOCUMENT_URI, uri)?;
                     if let Some(script) = script {
-                        put(stock::SCRIPT_NAME, script)?;
-                        put(stock::PATH_INFO, path_info)?;
+                        put(Stock::SCRIPT_NAME, script)?;
+                        put(Stock::PATH_INFO, path_info)?;
                     }
-                    put(stock::DOCUMENT_ROOT, document_root)?;
-                    put(stock::SCGI, Piece::Static(b"1"))?;
-                    put(stock::SERVER_PROTOCOL, version)?;
-                    put(stock::REQUEST_SCHEME, scheme)?;
+                    put(Stock::DOCUMENT_ROOT, document_root)?;
+                    put(Stock::SCGI, Piece::Static(b"1"))?;
+                    put(Stock::SERVER_PROTOCOL, version)?;
+                    put(Stock::REQUEST_SCHEME, scheme)?;
                     if let Some(on) = https {
-                        put(stock::HTTPS, on)?;
+                        put(Stock::HTTPS, on)?;
                     }
-                    put(stock::REMOTE_ADDR, remote_addr)?;
-                    put(stock::REMOTE_PORT, remote_port)?;
-                    put(stock::SERVER_PORT, server_port)?;
-                    put(stock::SERVER_NAME, server_name)?;
-                    put(stock::HTTP_HOST, host)?;
+                    put(Stock::REMOTE_ADDR, remote_addr)?;
+                    put(Stock::REMOTE_PORT, remote_port)?;
+                    put(Stock::SERVER_PORT, server_port)?;
+                    put(Stock::SERVER_NAME, server_name)?;
+                    put(Stock::HTTP_HOST, host)?;
                 }
                 Flavor::Cgi | Flavor::Wsgi => {
-                    put(stock::GATEWAY_INTERFACE, Piece::Static(b"CGI/1.1"))?;
+                    put(Stock::GATEWAY_INTERFACE, Piece::Static(b"CGI/1.1"))?;
                     put(
-                        stock::SERVER_SOFTWARE,
+                        Stock::SERVER_SOFTWARE,
                         Piece::Shared(&self.server_software, &self.server_software),
                     )?;
-                    put(stock::REQUEST_METHOD, method)?;
-                    put(stock::SCRIPT_NAME, script.unwrap_or(empty))?;
-                    put(stock::PATH_INFO, path_info)?;
-                    put(stock::QUERY_STRING, query)?;
-                    put(stock::REQUEST_URI, request_uri)?;
+                    put(Stock::REQUEST_METHOD, method)?;
+                    put(Stock::SCRIPT_NAME, script.unwrap_or(empty))?;
+                    put(Stock::PATH_INFO, path_info)?;
+                    put(Stock::QUERY_STRING, query)?;
+                    put(Stock::REQUEST_URI, request_uri)?;
                     if let Some(ct) = content_type {
-                        put(stock::CONTENT_TYPE, ct)?;
+                        put(Stock::CONTENT_TYPE, ct)?;
                     }
                     if let Some(cl) = content_length.filter(|v| !v.as_bytes().is_empty()) {
-                        put(stock::CONTENT_LENGTH, cl)?;
+                        put(Stock::CONTENT_LENGTH, cl)?;
                     }
-                    put(stock::SERVER_NAME, server_name)?;
-                    put(stock::SERVER_PORT, server_port)?;
-                    put(stock::SERVER_ADDR, server_addr)?;
-                    put(stock::SERVER_PROTOCOL, version)?;
-                    put(stock::REQUEST_SCHEME, scheme)?;
+                    put(Stock::SERVER_NAME, server_name)?;
+                    put(Stock::SERVER_PORT, server_port)?;
+                    put(Stock::SERVER_ADDR, server_addr)?;
+                    put(Stock::SERVER_PROTOCOL, version)?;
+                    put(Stock::REQUEST_SCHEME, scheme)?;
                     if let Some(on) = https {
-                        put(stock::HTTPS, on)?;
+                        put(Stock::HTTPS, on)?;
                     }
-                    put(stock::REMOTE_ADDR, remote_addr)?;
-                    put(stock::REMOTE_PORT, remote_port)?;
+                    put(Stock::REMOTE_ADDR, remote_addr)?;
+                    put(Stock::REMOTE_PORT, remote_port)?;
                     if let Some(v) = head.header("authorization") {
                         let v = v.as_bytes();
                         let scheme_end = v.iter().position(|&b| b == b' ').unwrap_or(v.len());
-                        put(stock::AUTH_TYPE, Piece::Temp(&v[..scheme_end]))?;
+                        put(Stock::AUTH_TYPE, Piece::Temp(&v[..scheme_end]))?;
                         if let Some(user) = remote_user(head) {
-                            put(stock::REMOTE_USER, Piece::Temp(&user))?;
+                            put(Stock::REMOTE_USER, Piece::Temp(&user))?;
                         }
                     }
-                    put(stock::DOCUMENT_ROOT, document_root)?;
+                    put(Stock::DOCUMENT_ROOT, document_root)?;
                 }
             }
             Ok(())
@@ -629,7 +627,7 @@ impl EnvBuilder {
         // of a name, at its first place), an empty HTTP_* one not at all.
         for i in 0..n_params {
             let Some((k, _)) = all(i) else { continue };
-            if stock_index(k).is_some_and(|s| sent_stock & (1 << s) != 0)
+            if stock_index(k).is_some_and(|var| sent_stock & (1 << var as u32) != 0)
                 || (0..i).filter_map(all).any(|(e, _)| e == k)
             {
                 continue;
@@ -763,89 +761,79 @@ impl EnvBuilder {
     }
 }
 
-/// The names of the stock vars (a param of one of these replaces it in its place).
-const STOCK: [&[u8]; 24] = [
-    b"QUERY_STRING",
-    b"REQUEST_METHOD",
-    b"CONTENT_TYPE",
-    b"CONTENT_LENGTH",
-    b"REQUEST_URI",
-    b"SCRIPT_NAME",
-    b"PATH_INFO",
-    b"DOCUMENT_ROOT",
-    b"SERVER_PROTOCOL",
-    b"REQUEST_SCHEME",
-    b"HTTPS",
-    b"REMOTE_ADDR",
-    b"REMOTE_PORT",
-    b"SERVER_PORT",
-    b"SERVER_NAME",
-    b"HTTP_HOST",
-    b"DOCUMENT_URI",
-    b"GATEWAY_INTERFACE",
-    b"SERVER_SOFTWARE",
-    b"REMOTE_USER",
-    b"SERVER_ADDR",
-    b"REDIRECT_STATUS",
-    b"SCGI",
-    b"AUTH_TYPE",
-];
+/// The stock vars, named once: [`Stock`] indexes [`STOCK`], their names.
+macro_rules! stock_vars {
+    ($($name:ident),* $(,)?) => {
+        /// A stock var (a param of its name replaces it in its place); its number is its
+        /// place in [`STOCK`] and its bit in the masks of [`EnvBuilder::write`].
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        enum Stock {
+            $($name),*
+        }
 
-/// Indexes into [`STOCK`].
-mod stock {
-    pub(super) const QUERY_STRING: usize = 0;
-    pub(super) const REQUEST_METHOD: usize = 1;
-    pub(super) const CONTENT_TYPE: usize = 2;
-    pub(super) const CONTENT_LENGTH: usize = 3;
-    pub(super) const REQUEST_URI: usize = 4;
-    pub(super) const SCRIPT_NAME: usize = 5;
-    pub(super) const PATH_INFO: usize = 6;
-    pub(super) const DOCUMENT_ROOT: usize = 7;
-    pub(super) const SERVER_PROTOCOL: usize = 8;
-    pub(super) const REQUEST_SCHEME: usize = 9;
-    pub(super) const HTTPS: usize = 10;
-    pub(super) const REMOTE_ADDR: usize = 11;
-    pub(super) const REMOTE_PORT: usize = 12;
-    pub(super) const SERVER_PORT: usize = 13;
-    pub(super) const SERVER_NAME: usize = 14;
-    pub(super) const HTTP_HOST: usize = 15;
-    pub(super) const DOCUMENT_URI: usize = 16;
-    pub(super) const GATEWAY_INTERFACE: usize = 17;
-    pub(super) const SERVER_SOFTWARE: usize = 18;
-    pub(super) const REMOTE_USER: usize = 19;
-    pub(super) const SERVER_ADDR: usize = 20;
-    pub(super) const REDIRECT_STATUS: usize = 21;
-    pub(super) const SCGI: usize = 22;
-    pub(super) const AUTH_TYPE: usize = 23;
+        /// The names of the stock vars, in [`Stock`]'s order.
+        const STOCK: &[&[u8]] = &[$(stringify!($name).as_bytes()),*];
+        // Each has a bit in a `u32`.
+        const _: () = assert!(STOCK.len() <= 32);
+    };
 }
 
-/// The index of a stock var's name.
-fn stock_index(name: &[u8]) -> Option<usize> {
+stock_vars!(
+    QUERY_STRING,
+    REQUEST_METHOD,
+    CONTENT_TYPE,
+    CONTENT_LENGTH,
+    REQUEST_URI,
+    SCRIPT_NAME,
+    PATH_INFO,
+    DOCUMENT_ROOT,
+    SERVER_PROTOCOL,
+    REQUEST_SCHEME,
+    HTTPS,
+    REMOTE_ADDR,
+    REMOTE_PORT,
+    SERVER_PORT,
+    SERVER_NAME,
+    HTTP_HOST,
+    DOCUMENT_URI,
+    GATEWAY_INTERFACE,
+    SERVER_SOFTWARE,
+    REMOTE_USER,
+    SERVER_ADDR,
+    REDIRECT_STATUS,
+    SCGI,
+    AUTH_TYPE,
+);
+
+/// The stock var named `name` (written out: quicker than a search of [`STOCK`]; a test
+/// checks both agree).
+fn stock_index(name: &[u8]) -> Option<Stock> {
     Some(match name {
-        b"QUERY_STRING" => stock::QUERY_STRING,
-        b"REQUEST_METHOD" => stock::REQUEST_METHOD,
-        b"CONTENT_TYPE" => stock::CONTENT_TYPE,
-        b"CONTENT_LENGTH" => stock::CONTENT_LENGTH,
-        b"REQUEST_URI" => stock::REQUEST_URI,
-        b"SCRIPT_NAME" => stock::SCRIPT_NAME,
-        b"PATH_INFO" => stock::PATH_INFO,
-        b"DOCUMENT_ROOT" => stock::DOCUMENT_ROOT,
-        b"SERVER_PROTOCOL" => stock::SERVER_PROTOCOL,
-        b"REQUEST_SCHEME" => stock::REQUEST_SCHEME,
-        b"HTTPS" => stock::HTTPS,
-        b"REMOTE_ADDR" => stock::REMOTE_ADDR,
-        b"REMOTE_PORT" => stock::REMOTE_PORT,
-        b"SERVER_PORT" => stock::SERVER_PORT,
-        b"SERVER_NAME" => stock::SERVER_NAME,
-        b"HTTP_HOST" => stock::HTTP_HOST,
-        b"DOCUMENT_URI" => stock::DOCUMENT_URI,
-        b"GATEWAY_INTERFACE" => stock::GATEWAY_INTERFACE,
-        b"SERVER_SOFTWARE" => stock::SERVER_SOFTWARE,
-        b"REMOTE_USER" => stock::REMOTE_USER,
-        b"SERVER_ADDR" => stock::SERVER_ADDR,
-        b"REDIRECT_STATUS" => stock::REDIRECT_STATUS,
-        b"SCGI" => stock::SCGI,
-        b"AUTH_TYPE" => stock::AUTH_TYPE,
+        b"QUERY_STRING" => Stock::QUERY_STRING,
+        b"REQUEST_METHOD" => Stock::REQUEST_METHOD,
+        b"CONTENT_TYPE" => Stock::CONTENT_TYPE,
+        b"CONTENT_LENGTH" => Stock::CONTENT_LENGTH,
+        b"REQUEST_URI" => Stock::REQUEST_URI,
+        b"SCRIPT_NAME" => Stock::SCRIPT_NAME,
+        b"PATH_INFO" => Stock::PATH_INFO,
+        b"DOCUMENT_ROOT" => Stock::DOCUMENT_ROOT,
+        b"SERVER_PROTOCOL" => Stock::SERVER_PROTOCOL,
+        b"REQUEST_SCHEME" => Stock::REQUEST_SCHEME,
+        b"HTTPS" => Stock::HTTPS,
+        b"REMOTE_ADDR" => Stock::REMOTE_ADDR,
+        b"REMOTE_PORT" => Stock::REMOTE_PORT,
+        b"SERVER_PORT" => Stock::SERVER_PORT,
+        b"SERVER_NAME" => Stock::SERVER_NAME,
+        b"HTTP_HOST" => Stock::HTTP_HOST,
+        b"DOCUMENT_URI" => Stock::DOCUMENT_URI,
+        b"GATEWAY_INTERFACE" => Stock::GATEWAY_INTERFACE,
+        b"SERVER_SOFTWARE" => Stock::SERVER_SOFTWARE,
+        b"REMOTE_USER" => Stock::REMOTE_USER,
+        b"SERVER_ADDR" => Stock::SERVER_ADDR,
+        b"REDIRECT_STATUS" => Stock::REDIRECT_STATUS,
+        b"SCGI" => Stock::SCGI,
+        b"AUTH_TYPE" => Stock::AUTH_TYPE,
         _ => return None,
     })
 }
@@ -1076,6 +1064,15 @@ mod tests {
         );
         assert_eq!(split_target(b"http://h").unwrap(), (&b"/"[..], &b""[..]));
         assert_eq!(split_target(b"*").unwrap_err(), PathError::NotAPath);
+    }
+
+    #[test]
+    fn stock_index_finds_every_stock_name_at_its_place() {
+        for (i, name) in STOCK.iter().enumerate() {
+            assert_eq!(stock_index(name).map(|v| v as usize), Some(i), "{name:?}");
+        }
+        assert_eq!(stock_index(b"HTTP_ACCEPT"), None);
+        assert_eq!(stock_index(b"query_string"), None);
     }
 
     #[test]
