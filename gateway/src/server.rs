@@ -246,7 +246,9 @@ impl Stack {
         let app = host.as_ref().map(|host| {
             Arc::new(HttpApp {
                 backend: Backend::Wsgi(
-                    WsgiService::new(host.clone()).post_buffering(o.post_buffering),
+                    WsgiService::new(host.clone())
+                        .post_buffering(o.post_buffering)
+                        .read_ahead(o.post_read_ahead.unwrap_or(4 * host.threads() + 4)),
                 ),
                 statics: statics.clone(),
                 limit_post: o.limit_post,

@@ -38,7 +38,7 @@ pub use error::{AbortError, BodyError, HostError, LoadError};
 pub use input::WsgiInput;
 pub use interpreter::AppSpec;
 pub use respond::{ErrorStream, FileWrapper, StartResponse};
-pub use service::{DEFAULT_POST_BUFFERING, ResponseBody, WsgiService};
+pub use service::{DEFAULT_POST_BUFFERING, READ_AHEAD_PATIENCE, ResponseBody, WsgiService};
 pub use types::{
     BodyChunk, BodyStream, HostOptions, HostStats, RequestBody, ResponseHead, WsgiRequest,
     WsgiResponse,

@@ -34,6 +34,12 @@ impl WsgiRequest {
         self.body = body;
         self
     }
+
+    /// Sets whether the request came over TLS.
+    pub fn with_https(mut self, https: bool) -> Self {
+        self.https = https;
+        self
+    }
 }
 
 /// A request body: nothing, all of it at once, or streamed as it arrives.

@@ -108,6 +108,11 @@ pub struct Options {
     /// called, so slow uploads never hold a Python thread (uWSGI's default is 0).
     #[arg(long, value_name = "BYTES", default_value_t = wsgi_host::DEFAULT_POST_BUFFERING)]
     pub post_buffering: u64,
+    /// How many requests whose body --post-buffering read may wait for a Python thread at
+    /// a time; further uploads wait with their body left in the socket, as with uWSGI
+    /// (default 4 per thread plus 4; 0: no bound).
+    #[arg(long, value_name = "N")]
+    pub post_read_ahead: Option<usize>,
     /// Seconds a peer may take to send a whole request head, and an HTTP client to start its
     /// next request on a kept-alive connection (slowloris).
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]

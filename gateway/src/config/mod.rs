@@ -326,4 +326,29 @@ mod tests {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn post_read_ahead_is_its_own_option() {
+        let (o, _) = parse([
+            "gateway",
+            "--http-socket",
+            ":9000",
+            "--post-buffering",
+            "4096",
+        ])
+        .unwrap();
+        assert_eq!((o.post_buffering, o.post_read_ahead), (4096, None));
+        let (o, _) = parse([
+            "gateway",
+            "--http-socket",
+            ":9000",
+            "--post-read-ahead",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(
+            (o.post_buffering, o.post_read_ahead),
+            (wsgi_host::DEFAULT_POST_BUFFERING, Some(0))
+        );
+    }
 }

@@ -180,7 +180,7 @@ pub async fn serve_connection_until<S>(
                     let https = matches!(env.get("HTTPS"), Some(b"on" | b"1"));
                     let (tx, body) = RequestBody::channel(4);
                     bodies.insert(id, tx);
-                    let request = WsgiRequest { env, body, https };
+                    let request = WsgiRequest::new(env).with_body(body).with_https(https);
                     tokio::spawn(answer(
                         writer.clone(),
                         id,

@@ -92,7 +92,7 @@ pub async fn serve_connection<S>(
     answer(
         &mut writer,
         host,
-        WsgiRequest { env, body, https },
+        WsgiRequest::new(env).with_body(body).with_https(https),
         HeadStyle::Cgi,
     )
     .await;

@@ -94,6 +94,6 @@ pub async fn serve_connection<S>(
     } else {
         RequestBody::Empty
     };
-    let request = WsgiRequest { env, body, https };
+    let request = WsgiRequest::new(env).with_body(body).with_https(https);
     answer(&mut writer, host, request, HeadStyle::StatusLine(&protocol)).await;
 }
