@@ -459,175 +459,206 @@ impl Pass {
 
     /// [`Pass::handle`] with per-request params (e.g. `uwsgi_param` values with nginx
     /// variables expanded), set after the handler's own.
-    pub async fn handle_with<B>(
-        &self,
+    // A plain function returning an `async move` block, not an `async fn`: an async fn
+    // keeps its arguments in the future beside what they are taken apart into, so the
+    // request would be held twice.
+    #[allow(clippy::manual_async_fn)]
+    pub fn handle_with<'a, B>(
+        &'a self,
         req: http::Request<B>,
-        conn: &ConnInfo,
-        extra: &[(Bytes, Bytes)],
-    ) -> http::Response<Body>
+        conn: &'a ConnInfo,
+        extra: &'a [(Bytes, Bytes)],
+    ) -> impl Future<Output = http::Response<Body>> + 'a
     where
-        B: http_body::Body<Data = Bytes> + Send + Unpin,
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'a,
         B::Error: std::fmt::Display,
     {
         let (parts, body) = req.into_parts();
-        let body = match self.spool(body).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!("reading the request body: {e}");
-                return plain(http::StatusCode::BAD_REQUEST, "Bad Request\n");
-            }
-        };
-        let flavor = match self.protocol {
-            Protocol::Uwsgi => Flavor::Uwsgi,
-            Protocol::Scgi => Flavor::Scgi,
-            Protocol::FastCgi => Flavor::FastCgi,
-        };
-        // The handler's params, then the request's (a later one of a name wins).
-        let both: Vec<(Bytes, Bytes)>;
-        let params = match (&self.params[..], extra) {
-            (mine, []) => mine,
-            ([], extra) => extra,
-            (mine, extra) => {
-                both = mine.iter().chain(extra).cloned().collect();
-                &both
-            }
-        };
-        // The server name: the Host header's, without its port (unless a param names it:
-        // a site's own server_name).
-        let named = params.iter().any(|(k, _)| &k[..] == b"SERVER_NAME");
-        let server_name = match parts.headers.get(http::header::HOST).filter(|_| !named) {
-            Some(host) => {
-                Bytes::copy_from_slice(crate::site::vars::bytes_without_port(host.as_bytes()))
-            }
-            None => Bytes::new(),
-        };
-        // One expression: the builder is made in place, not moved from step to step.
-        let builder = EnvBuilder::new(flavor)
-            .https(conn.https())
-            .content_length(Some(body.len()).filter(|&n| n > 0 || has_body(&parts)))
-            .addresses(conn.peer_text.clone(), conn.local_text.clone())
-            .server_name(server_name);
-        let bad_request = |e: &dyn std::fmt::Display| {
-            tracing::warn!("{e}");
-            plain(http::StatusCode::BAD_REQUEST, "Bad Request\n")
-        };
-        let too_large = |e: &dyn std::fmt::Display| {
-            tracing::error!("the request does not fit the protocol: {e}");
-            plain(
-                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "Request Header Fields Too Large\n",
-            )
-        };
-        let request = match self.protocol {
-            // The env straight into the packet, var by var.
-            Protocol::Uwsgi => {
-                let mut packet = Vec::with_capacity(2048);
-                let mut p = uwsgi_proto::PacketBuilder::new(&mut packet);
-                p.limit(self.buffer_size);
-                match builder.write(&parts, params, &mut p) {
-                    Ok(()) => {}
-                    Err(WriteError::Path(e)) => return bad_request(&e),
-                    Err(WriteError::Sink(e)) => return too_large(&e),
-                }
-                p.finish();
-                Bytes::from(packet)
-            }
-            Protocol::Scgi | Protocol::FastCgi => {
-                let env = match builder.build_with(&parts, params) {
-                    Ok(env) => env,
-                    Err(e) => return bad_request(&e),
-                };
-                // Room for the whole request: the pairs, their framing, record headers.
-                let mut request = BytesMut::with_capacity(env.byte_len() + 8 * env.len() + 64);
-                let encoded = if self.protocol == Protocol::Scgi {
-                    cgi_family::scgi::encode_request(&env, &mut request)
-                        .map(drop)
-                        .map_err(|e| e.to_string())
-                } else {
-                    // BEGIN_REQUEST and PARAMS; the body follows in STDIN records.
-                    use cgi_family::fastcgi;
-                    let keep = self.idle.is_some();
-                    fastcgi::encode_begin_request(1, fastcgi::Role::RESPONDER, keep, &mut request);
-                    fastcgi::encode_params_stream(1, &env, &mut request).map_err(|e| e.to_string())
-                };
-                if let Err(e) = encoded {
-                    return too_large(&e);
-                }
-                request.freeze()
-            }
-        };
-        let idempotent = idempotent(&parts.method);
-        let (key, sticky) = request_key(&self.upstream, &parts, conn);
-        let ctx = PickContext {
-            client: conn.peer().map(|p| p.ip()),
-            key: key.as_deref(),
-            sticky: sticky.as_deref(),
-        };
-        let mut tried = Vec::new();
-        // As nginx: when the last server tried timed out, the answer is 504, else 502.
-        let mut timed_out = false;
-        loop {
-            let Some(pick) = self.upstream.pick(&ctx, &tried) else {
-                tracing::error!(
-                    "upstream {}: no server available for {} {}",
-                    self.upstream.name(),
-                    parts.method,
-                    parts.uri
-                );
-                return if timed_out {
-                    plain(http::StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n")
-                } else {
-                    plain(http::StatusCode::BAD_GATEWAY, "Bad Gateway\n")
-                };
-            };
-            let started = Instant::now();
-            match self.try_one(&pick.addr, &request, &body).await {
-                Ok(response) => {
-                    self.upstream.report(pick.index, true);
-                    tracing::debug!("upstream {} answered in {:?}", pick.addr, started.elapsed());
-                    let mut response = response;
-                    add_sticky_cookie(&self.upstream, pick.index, sticky.as_deref(), &mut response);
-                    if crate::access::upstream_wanted() {
-                        response
-                            .extensions_mut()
-                            .insert(crate::access::Upstream(pick.addr.clone()));
+        async move {
+            // A request without a body (most) makes no spooling future.
+            let body = if body.is_end_stream() {
+                Spooled::Memory(Bytes::new())
+            } else {
+                match self.spool(body).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!("reading the request body: {e}");
+                        return plain(http::StatusCode::BAD_REQUEST, "Bad Request\n");
                     }
-                    // The pick (least_conn's count) lasts until the body is read.
-                    return response.map(|mut b| {
-                        b.keep(pick);
-                        Body::Pass(b)
-                    });
                 }
-                Err(e) => {
-                    // (Noted only on failure: a request answered at once allocates none.)
-                    tried.push(pick.index);
-                    self.upstream.report(pick.index, false);
-                    timed_out = matches!(e, TryError::Timeout);
-                    let again = match &e {
-                        TryError::Connect(_) => true,
-                        TryError::Upstream(_) | TryError::Stale(_) | TryError::Timeout => {
-                            idempotent
+            };
+            let flavor = match self.protocol {
+                Protocol::Uwsgi => Flavor::Uwsgi,
+                Protocol::Scgi => Flavor::Scgi,
+                Protocol::FastCgi => Flavor::FastCgi,
+            };
+            // The handler's params, then the request's (a later one of a name wins).
+            let both: Vec<(Bytes, Bytes)>;
+            let params = match (&self.params[..], extra) {
+                (mine, []) => mine,
+                ([], extra) => extra,
+                (mine, extra) => {
+                    both = mine.iter().chain(extra).cloned().collect();
+                    &both
+                }
+            };
+            // The server name: the Host header's, without its port (unless a param names it:
+            // a site's own server_name).
+            let named = params.iter().any(|(k, _)| &k[..] == b"SERVER_NAME");
+            let server_name = match parts.headers.get(http::header::HOST).filter(|_| !named) {
+                Some(host) => {
+                    Bytes::copy_from_slice(crate::site::vars::bytes_without_port(host.as_bytes()))
+                }
+                None => Bytes::new(),
+            };
+            // The request as the protocol frames it. The builder lives in this block only, so
+            // the future does not keep it across the exchange.
+            let request = {
+                // One expression: the builder is made in place, not moved from step to step.
+                let builder = EnvBuilder::new(flavor)
+                    .https(conn.https())
+                    .content_length(Some(body.len()).filter(|&n| n > 0 || has_body(&parts)))
+                    .addresses(conn.peer_text.clone(), conn.local_text.clone())
+                    .server_name(server_name);
+                let bad_request = |e: &dyn std::fmt::Display| {
+                    tracing::warn!("{e}");
+                    plain(http::StatusCode::BAD_REQUEST, "Bad Request\n")
+                };
+                let too_large = |e: &dyn std::fmt::Display| {
+                    tracing::error!("the request does not fit the protocol: {e}");
+                    plain(
+                        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "Request Header Fields Too Large\n",
+                    )
+                };
+                match self.protocol {
+                    // The env straight into the packet, var by var.
+                    Protocol::Uwsgi => {
+                        let mut packet = Vec::with_capacity(2048);
+                        let mut p = uwsgi_proto::PacketBuilder::new(&mut packet);
+                        p.limit(self.buffer_size);
+                        match builder.write(&parts, params, &mut p) {
+                            Ok(()) => {}
+                            Err(WriteError::Path(e)) => return bad_request(&e),
+                            Err(WriteError::Sink(e)) => return too_large(&e),
                         }
-                    };
-                    tracing::error!(
-                        "upstream {} ({}) for {} {}: {e}{}",
-                        self.upstream.name(),
-                        pick.addr,
-                        parts.method,
-                        parts.uri,
-                        if again {
-                            "; trying the next server"
-                        } else {
-                            ""
-                        }
-                    );
-                    if !again {
-                        return match e {
-                            TryError::Timeout => {
-                                plain(http::StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n")
-                            }
-                            _ => plain(http::StatusCode::BAD_GATEWAY, "Bad Gateway\n"),
+                        p.finish();
+                        Bytes::from(packet)
+                    }
+                    Protocol::Scgi | Protocol::FastCgi => {
+                        let env = match builder.build_with(&parts, params) {
+                            Ok(env) => env,
+                            Err(e) => return bad_request(&e),
                         };
+                        // Room for the whole request: the pairs, their framing, record headers.
+                        let mut request =
+                            BytesMut::with_capacity(env.byte_len() + 8 * env.len() + 64);
+                        let encoded = if self.protocol == Protocol::Scgi {
+                            cgi_family::scgi::encode_request(&env, &mut request)
+                                .map(drop)
+                                .map_err(|e| e.to_string())
+                        } else {
+                            // BEGIN_REQUEST and PARAMS; the body follows in STDIN records.
+                            use cgi_family::fastcgi;
+                            let keep = self.idle.is_some();
+                            fastcgi::encode_begin_request(
+                                1,
+                                fastcgi::Role::RESPONDER,
+                                keep,
+                                &mut request,
+                            );
+                            fastcgi::encode_params_stream(1, &env, &mut request)
+                                .map_err(|e| e.to_string())
+                        };
+                        if let Err(e) = encoded {
+                            return too_large(&e);
+                        }
+                        request.freeze()
+                    }
+                }
+            };
+            let idempotent = idempotent(&parts.method);
+            let (key, sticky) = request_key(&self.upstream, &parts, conn);
+            let ctx = PickContext {
+                client: conn.peer().map(|p| p.ip()),
+                key: key.as_deref(),
+                sticky: sticky.as_deref(),
+            };
+            let mut tried = Vec::new();
+            // As nginx: when the last server tried timed out, the answer is 504, else 502.
+            let mut timed_out = false;
+            loop {
+                let Some(pick) = self.upstream.pick(&ctx, &tried) else {
+                    tracing::error!(
+                        "upstream {}: no server available for {} {}",
+                        self.upstream.name(),
+                        parts.method,
+                        parts.uri
+                    );
+                    return if timed_out {
+                        plain(http::StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n")
+                    } else {
+                        plain(http::StatusCode::BAD_GATEWAY, "Bad Gateway\n")
+                    };
+                };
+                let started = Instant::now();
+                match self.try_one(&pick.addr, &request, &body).await {
+                    Ok(response) => {
+                        self.upstream.report(pick.index, true);
+                        tracing::debug!(
+                            "upstream {} answered in {:?}",
+                            pick.addr,
+                            started.elapsed()
+                        );
+                        let mut response = response;
+                        add_sticky_cookie(
+                            &self.upstream,
+                            pick.index,
+                            sticky.as_deref(),
+                            &mut response,
+                        );
+                        if crate::access::upstream_wanted() {
+                            response
+                                .extensions_mut()
+                                .insert(crate::access::Upstream(pick.addr.clone()));
+                        }
+                        // The pick (least_conn's count) lasts until the body is read.
+                        return response.map(|mut b| {
+                            b.keep(pick);
+                            Body::Pass(b)
+                        });
+                    }
+                    Err(e) => {
+                        // (Noted only on failure: a request answered at once allocates none.)
+                        tried.push(pick.index);
+                        self.upstream.report(pick.index, false);
+                        timed_out = matches!(e, TryError::Timeout);
+                        let again = match &e {
+                            TryError::Connect(_) => true,
+                            TryError::Upstream(_) | TryError::Stale(_) | TryError::Timeout => {
+                                idempotent
+                            }
+                        };
+                        tracing::error!(
+                            "upstream {} ({}) for {} {}: {e}{}",
+                            self.upstream.name(),
+                            pick.addr,
+                            parts.method,
+                            parts.uri,
+                            if again {
+                                "; trying the next server"
+                            } else {
+                                ""
+                            }
+                        );
+                        if !again {
+                            return match e {
+                                TryError::Timeout => {
+                                    plain(http::StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n")
+                                }
+                                _ => plain(http::StatusCode::BAD_GATEWAY, "Bad Gateway\n"),
+                            };
+                        }
                     }
                 }
             }

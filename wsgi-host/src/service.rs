@@ -127,6 +127,23 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        Box::pin(self.serve(req))
+    }
+}
+
+impl WsgiService {
+    /// Answers `req`, as the `tower::Service` impl does, without needing `&mut self` or
+    /// boxing the future (a server that boxes its own future around it saves a box).
+    pub fn serve<B>(
+        &self,
+        req: http::Request<B>,
+    ) -> impl Future<Output = Result<http::Response<ResponseBody>, std::convert::Infallible>>
+    + Send
+    + 'static
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::fmt::Display + Send,
+    {
         let (parts, mut body) = req.into_parts();
         let mut builder = EnvBuilder::new(Flavor::Wsgi)
             .mount(self.mount.clone())
@@ -144,7 +161,7 @@ where
             .exact()
             .filter(|&n| n > 0 && n <= self.post_buffering && !body.is_end_stream());
         let gate = known.and_then(|_| self.read_ahead.clone());
-        Box::pin(async move {
+        async move {
             let Ok(env) = env else {
                 return Ok(plain(400, "Bad Request\n"));
             };
@@ -246,7 +263,7 @@ where
                 }
             }
             Ok(out)
-        })
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! HTTP/1.1 on hyper: keep-alive, pipelining, chunked bodies, `Expect: 100-continue`,
 //! HEAD; static maps first, then the WSGI app.
 
+use futures_util::FutureExt;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -105,14 +106,27 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
         }
         let conn = self.conn.clone();
         // A site's requests get a future of their own: it is moved into its box at every
-        // request, and the other backends' states would make it larger.
+        // request, and the other backends' states would make it larger. The site's future
+        // itself, which owns the request, goes in the box (an async block around it would
+        // hold the request twice).
         if let Backend::Site { site, listen } = &self.app.backend {
-            let (site, listen) = (site.clone(), *listen);
-            return Box::pin(async move {
-                let record = log_record(&req, &conn, site.has_own_logs());
-                let response = site.handle(req, listen, &conn).await;
-                Ok(with_log(response, record))
-            });
+            let record = log_record(&req, &conn, site.has_own_logs());
+            let answer = crate::site::Site::serve(site.clone(), req, *listen, conn);
+            return Box::pin(answer.map(move |response| Ok(with_log(response, record))));
+        }
+        // The app server without static maps: the WSGI service's own future in the box.
+        if let Backend::Wsgi(plain_svc) = &self.app.backend
+            && self.app.statics.is_empty()
+        {
+            let record = log_record(&req, &conn, false);
+            if over_limit(&self.app, &req) {
+                return Box::pin(std::future::ready(Ok(with_log(too_large(), record))));
+            }
+            let svc = self.wsgi.as_ref().unwrap_or(plain_svc);
+            return Box::pin(
+                svc.serve(req)
+                    .map(move |r| r.map(|r| with_log(r.map(Body::Wsgi), record))),
+            );
         }
         let app = self.app.clone();
         let wsgi = self.wsgi.clone();
@@ -124,22 +138,13 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
                 .await
             {
                 r
-            } else if app.limit_post.is_some_and(|limit| {
-                req.headers()
-                    .get(http::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                    .is_some_and(|n| n > limit)
-            }) {
-                // Refused before the body is read (no 100 Continue is sent).
-                plain(
-                    http::StatusCode::PAYLOAD_TOO_LARGE,
-                    "Request Entity Too Large\n",
-                )
+            } else if over_limit(&app, &req) {
+                too_large()
             } else {
                 match &app.backend {
                     Backend::Wsgi(plain) => {
-                        let mut svc = wsgi.unwrap_or_else(|| plain.clone());
-                        let r = tower_service::Service::call(&mut svc, req).await?;
+                        let svc = wsgi.as_ref().unwrap_or(plain);
+                        let r = svc.serve(req).await?;
                         r.map(Body::Wsgi)
                     }
                     // Boxed: the pass's future is large, and most requests take
@@ -154,6 +159,24 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
             Ok(with_log(response, record))
         })
     }
+}
+
+/// Whether the request's Content-Length is over `--limit-post`: it is refused before its
+/// body is read (no 100 Continue is sent).
+fn over_limit<B>(app: &HttpApp, req: &http::Request<B>) -> bool {
+    app.limit_post.is_some_and(|limit| {
+        req.headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|n| n > limit)
+    })
+}
+
+fn too_large() -> http::Response<Body> {
+    plain(
+        http::StatusCode::PAYLOAD_TOO_LARGE,
+        "Request Entity Too Large\n",
+    )
 }
 
 /// The logs and the request's facts for its access-log line, taken only when a line may

@@ -1358,256 +1358,273 @@ impl Site {
     }
 
     /// Answers a request that came on listener `listen`.
-    pub async fn handle<B>(
-        &self,
+    pub fn handle<'a, B>(
+        &'a self,
         req: http::Request<B>,
         listen: usize,
-        conn: &ConnInfo,
-    ) -> http::Response<Body>
-    where
-        B: http_body::Body<Data = Bytes> + Send + Unpin,
-        B::Error: std::fmt::Display,
-    {
-        let mut picked = Picked {
-            logging: self.own_logs || crate::access::any_enabled(crate::access::default_logs()),
-            ..Picked::default()
-        };
-        let mut r = self.answer(req, listen, conn, &mut picked).await;
-        // nginx's `charset` of the server or location that answered, error pages included
-        // (but not 301 and 302, which nginx leaves alone).
-        let redirect = matches!(r.status().as_u16(), 301 | 302);
-        if let (Some(cs), false) = (picked.charset, redirect) {
-            add_charset(&mut r, cs);
-        }
-        // Its access logs, when it names its own.
-        if let Some(logs) = picked.access {
-            r.extensions_mut()
-                .insert(crate::access::Route(logs.clone()));
-        }
-        // $uri: the normalized URI that answered (unless a handler named another).
-        if let Some(uri) = picked.uri {
-            if r.extensions().get::<crate::access::Uri>().is_none() {
-                r.extensions_mut().insert(crate::access::Uri(uri));
-            }
-        }
-        r
-    }
-
-    // A plain function returning an `async move` block, not an `async fn`: an async fn
-    // copies its arguments into locals, so the request would be held twice in the future.
-    #[allow(clippy::manual_async_fn)]
-    fn answer<'a, 's: 'a, B>(
-        &'s self,
-        mut req: http::Request<B>,
-        listen: usize,
         conn: &'a ConnInfo,
-        picked: &'a mut Picked<'s>,
     ) -> impl Future<Output = http::Response<Body>> + 'a
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'a,
         B::Error: std::fmt::Display,
     {
+        Self::serve(self, req, listen, conn)
+    }
+
+    /// [`Site::handle`] with the site and the connection given as any handles to them
+    /// (`Arc`s, references), which the future keeps: with `Arc`s it borrows nothing, so
+    /// a server can box it as it is instead of inside a future of its own that would hold
+    /// the request a second time.
+    // A plain function returning an `async move` block, not an `async fn`: an async fn
+    // copies its arguments into locals, so the request would be held twice in the future
+    // (and once more in any async fn it is handed to).
+    #[allow(clippy::manual_async_fn)]
+    pub fn serve<'a, S, C, B>(
+        site: S,
+        mut req: http::Request<B>,
+        listen: usize,
+        conn: C,
+    ) -> impl Future<Output = http::Response<Body>> + 'a
+    where
+        S: std::ops::Deref<Target = Self> + Send + 'a,
+        C: std::ops::Deref<Target = ConnInfo> + Send + 'a,
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'a,
+        B::Error: std::fmt::Display,
+    {
         async move {
-            let server = match req.headers().get(header::HOST) {
-                Some(h) => self.server(listen, h.to_str().ok().map(vars::without_port)),
-                None => {
-                    // HTTP/2 carries the host in :authority: it is the Host header, as for
-                    // nginx.
-                    let authority = req.uri().authority().map(|a| a.as_str().to_owned());
-                    let host = authority.and_then(|a| HeaderValue::from_str(&a).ok());
-                    let server = self.server(
-                        listen,
-                        host.as_ref()
-                            .and_then(|h| h.to_str().ok())
-                            .map(vars::without_port),
-                    );
-                    if let Some(v) = host {
-                        req.headers_mut().insert(header::HOST, v);
+            let this: &Self = &site;
+            let conn: &ConnInfo = &conn;
+            let mut picked = Picked {
+                logging: this.own_logs || crate::access::any_enabled(crate::access::default_logs()),
+                ..Picked::default()
+            };
+            let mut r = 'answer: {
+                let server = match req.headers().get(header::HOST) {
+                    Some(h) => this.server(listen, h.to_str().ok().map(vars::without_port)),
+                    None => {
+                        // HTTP/2 carries the host in :authority: it is the Host header, as for
+                        // nginx.
+                        let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+                        let host = authority.and_then(|a| HeaderValue::from_str(&a).ok());
+                        let server = this.server(
+                            listen,
+                            host.as_ref()
+                                .and_then(|h| h.to_str().ok())
+                                .map(vars::without_port),
+                        );
+                        if let Some(v) = host {
+                            req.headers_mut().insert(header::HOST, v);
+                        }
+                        server
                     }
-                    server
-                }
-            };
-            picked.take(&server.base);
-            // The request target stays readable after the request is handed on (a clone of
-            // the URI shares its bytes).
-            let target = req.uri().clone();
-            let raw_path = target.path();
-            let Ok(path) = cgi_family::normalize_path(raw_path.as_bytes()) else {
-                return error_page(StatusCode::BAD_REQUEST);
-            };
-            // A path already normal is the raw path itself, text already; a rebuilt one is
-            // checked (`from_utf8` first: quicker than the lossy walk).
-            let mut uri: std::borrow::Cow<'_, str> = match path {
-                std::borrow::Cow::Borrowed(p) if p.len() == raw_path.len() => raw_path.into(),
-                std::borrow::Cow::Borrowed(p) => String::from_utf8_lossy(p),
-                std::borrow::Cow::Owned(p) => match String::from_utf8(p) {
-                    Ok(p) => p.into(),
-                    Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned().into(),
-                },
-            };
-            picked.uri(&uri);
-            let request_uri = target.path_and_query().map_or("/", |p| p.as_str());
-            let args = target.query().unwrap_or("");
-            if let Some(ret) = &server.base.ret {
-                let expand = |t: &vars::Template| {
-                    let vars = self.vars(&req, conn, request_uri, &uri, args, server, "");
-                    vars.expand_template(t)
                 };
-                return returned(ret, expand, &server.base.default_type);
-            }
-            // try_files may redirect internally to another URI (or a named location).
-            for _ in 0..10 {
-                let location = Self::location(server, &uri);
-                let settings = location.map_or(&server.base, |l| &l.settings);
-                picked.take(settings);
+                picked.take(&server.base);
+                // The request target stays readable after the request is handed on (a clone of
+                // the URI shares its bytes).
+                let target = req.uri().clone();
+                let raw_path = target.path();
+                let Ok(path) = cgi_family::normalize_path(raw_path.as_bytes()) else {
+                    break 'answer error_page(StatusCode::BAD_REQUEST);
+                };
+                // A path already normal is the raw path itself, text already; a rebuilt one is
+                // checked (`from_utf8` first: quicker than the lossy walk).
+                let mut uri: std::borrow::Cow<'_, str> = match path {
+                    std::borrow::Cow::Borrowed(p) if p.len() == raw_path.len() => raw_path.into(),
+                    std::borrow::Cow::Borrowed(p) => String::from_utf8_lossy(p),
+                    std::borrow::Cow::Owned(p) => match String::from_utf8(p) {
+                        Ok(p) => p.into(),
+                        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned().into(),
+                    },
+                };
                 picked.uri(&uri);
-                // (A request without a body has nothing to measure.)
-                if let Some(limit) = settings.max_body.filter(|_| !req.body().is_end_stream()) {
-                    let length = req
-                        .headers()
-                        .get(header::CONTENT_LENGTH)
-                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-                    if length.is_some_and(|n| n > limit) {
-                        return error_page(StatusCode::PAYLOAD_TOO_LARGE);
-                    }
-                }
-                // $document_root, written out only where a variable may ask for it.
-                let root_text = || {
-                    location
-                        .and_then(|l| l.alias.as_ref())
-                        .or(settings.root.as_ref())
-                        .map(|p| p.to_string_lossy())
-                        .unwrap_or_default()
-                };
-                // ... and only when one of the values at hand names it.
-                let root_if = |named: bool| {
-                    if named {
-                        root_text()
-                    } else {
-                        std::borrow::Cow::Borrowed("")
-                    }
-                };
-                if let Some(ret) = &settings.ret {
-                    // The variables are gathered only for a text that has some.
+                let request_uri = target.path_and_query().map_or("/", |p| p.as_str());
+                let args = target.query().unwrap_or("");
+                if let Some(ret) = &server.base.ret {
                     let expand = |t: &vars::Template| {
-                        let root = root_text();
-                        let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
+                        let vars = this.vars(&req, conn, request_uri, &uri, args, server, "");
                         vars.expand_template(t)
                     };
-                    return returned(ret, expand, &settings.default_type);
+                    break 'answer returned(ret, expand, &server.base.default_type);
                 }
-                if let Some(Location {
-                    proxy: Some((proxy, headers)),
-                    matcher,
-                    ..
-                }) = location
-                {
-                    // (The variables in a block of their own: not held while the proxy runs.)
-                    let headers: Vec<(http::HeaderName, Bytes)> = {
-                        let root = root_if(headers.uses_root);
-                        let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
-                        headers
-                            .headers
-                            .iter()
-                            .map(|(k, v)| (k.clone(), v.expand(&vars)))
-                            .collect()
+                // try_files may redirect internally to another URI (or a named location).
+                for _ in 0..10 {
+                    let location = Self::location(server, &uri);
+                    let settings = location.map_or(&server.base, |l| &l.settings);
+                    picked.take(settings);
+                    picked.uri(&uri);
+                    // (A request without a body has nothing to measure.)
+                    if let Some(limit) = settings.max_body.filter(|_| !req.body().is_end_stream()) {
+                        let length = req
+                            .headers()
+                            .get(header::CONTENT_LENGTH)
+                            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                        if length.is_some_and(|n| n > limit) {
+                            break 'answer error_page(StatusCode::PAYLOAD_TOO_LARGE);
+                        }
+                    }
+                    // $document_root, written out only where a variable may ask for it.
+                    let root_text = || {
+                        location
+                            .and_then(|l| l.alias.as_ref())
+                            .or(settings.root.as_ref())
+                            .map(|p| p.to_string_lossy())
+                            .unwrap_or_default()
                     };
-                    let prefix = match matcher {
-                        Matcher::Prefix { path, .. } => path.as_str(),
-                        _ => "",
-                    };
-                    // Boxed (as below): large futures, which would make every request's
-                    // future as large.
-                    return Box::pin(proxy.handle_under(req, conn, &headers, prefix)).await;
-                }
-                if let Some(Location {
-                    pass: Some((pass, params)),
-                    ..
-                }) = location
-                {
-                    let extra: Vec<(Bytes, Bytes)>;
-                    let extra = match params {
-                        PassParams::Fixed(list) => list,
-                        PassParams::Templates(params, uses_root) => {
-                            let root = root_if(*uses_root);
-                            let vars =
-                                self.vars(&req, conn, request_uri, &uri, args, server, &root);
-                            extra = params
-                                .iter()
-                                .map(|p| (p, p.value.expand(&vars)))
-                                .filter(|(p, v)| !(p.if_not_empty && v.is_empty()))
-                                .map(|(p, v)| (p.name.clone(), v))
-                                .collect();
-                            &extra
+                    // ... and only when one of the values at hand names it.
+                    let root_if = |named: bool| {
+                        if named {
+                            root_text()
+                        } else {
+                            std::borrow::Cow::Borrowed("")
                         }
                     };
-                    return Box::pin(pass.handle_with(req, conn, extra)).await;
-                }
-                // Files.
-                let Some(base_dir) = location
-                    .and_then(|l| l.alias.as_ref())
-                    .or(settings.root.as_ref())
-                else {
-                    return error_page(StatusCode::NOT_FOUND);
-                };
-                let file_for = |u: &str| -> PathBuf {
-                    let rel = match location {
-                        Some(Location {
-                            alias: Some(_),
-                            matcher: Matcher::Prefix { path, .. },
-                            ..
-                        }) => u.strip_prefix(path.as_str()).unwrap_or(u),
-                        _ => u,
+                    if let Some(ret) = &settings.ret {
+                        // The variables are gathered only for a text that has some.
+                        let expand = |t: &vars::Template| {
+                            let root = root_text();
+                            let vars =
+                                this.vars(&req, conn, request_uri, &uri, args, server, &root);
+                            vars.expand_template(t)
+                        };
+                        break 'answer returned(ret, expand, &settings.default_type);
+                    }
+                    if let Some(Location {
+                        proxy: Some((proxy, headers)),
+                        matcher,
+                        ..
+                    }) = location
+                    {
+                        // (The variables in a block of their own: not held while the proxy runs.)
+                        let headers: Vec<(http::HeaderName, Bytes)> = {
+                            let root = root_if(headers.uses_root);
+                            let vars =
+                                this.vars(&req, conn, request_uri, &uri, args, server, &root);
+                            headers
+                                .headers
+                                .iter()
+                                .map(|(k, v)| (k.clone(), v.expand(&vars)))
+                                .collect()
+                        };
+                        let prefix = match matcher {
+                            Matcher::Prefix { path, .. } => path.as_str(),
+                            _ => "",
+                        };
+                        // Boxed (as below): large futures, which would make every request's
+                        // future as large.
+                        break 'answer Box::pin(proxy.handle_under(req, conn, &headers, prefix))
+                            .await;
+                    }
+                    if let Some(Location {
+                        pass: Some((pass, params)),
+                        ..
+                    }) = location
+                    {
+                        let extra: Vec<(Bytes, Bytes)>;
+                        let extra = match params {
+                            PassParams::Fixed(list) => list,
+                            PassParams::Templates(params, uses_root) => {
+                                let root = root_if(*uses_root);
+                                let vars =
+                                    this.vars(&req, conn, request_uri, &uri, args, server, &root);
+                                extra = params
+                                    .iter()
+                                    .map(|p| (p, p.value.expand(&vars)))
+                                    .filter(|(p, v)| !(p.if_not_empty && v.is_empty()))
+                                    .map(|(p, v)| (p.name.clone(), v))
+                                    .collect();
+                                &extra
+                            }
+                        };
+                        break 'answer Box::pin(pass.handle_with(req, conn, extra)).await;
+                    }
+                    // Files.
+                    let Some(base_dir) = location
+                        .and_then(|l| l.alias.as_ref())
+                        .or(settings.root.as_ref())
+                    else {
+                        break 'answer error_page(StatusCode::NOT_FOUND);
                     };
-                    base_dir.join(rel.trim_start_matches('/'))
-                };
-                let Some(try_files) = &settings.try_files else {
-                    let r = self
-                        .files(&req, &uri, &file_for(&uri), base_dir, settings)
-                        .await;
-                    return r;
-                };
-                let root = root_text();
-                let vars = self.vars(&req, conn, request_uri, &uri, args, server, &root);
-                let (last, tries) = try_files.split_last().unwrap_or((&try_files[0], &[]));
-                let mut found = None;
-                for t in tries {
-                    let candidate = vars.expand(t);
-                    let file = file_for(&candidate);
-                    let is_dir = candidate.ends_with('/');
-                    let ok = std::fs::metadata(&file)
-                        .is_ok_and(|m| if is_dir { m.is_dir() } else { m.is_file() });
-                    if ok {
-                        found = Some((candidate, file));
-                        break;
+                    let file_for = |u: &str| -> PathBuf {
+                        let rel = match location {
+                            Some(Location {
+                                alias: Some(_),
+                                matcher: Matcher::Prefix { path, .. },
+                                ..
+                            }) => u.strip_prefix(path.as_str()).unwrap_or(u),
+                            _ => u,
+                        };
+                        base_dir.join(rel.trim_start_matches('/'))
+                    };
+                    let Some(try_files) = &settings.try_files else {
+                        let r = this
+                            .files(&req, &uri, &file_for(&uri), base_dir, settings)
+                            .await;
+                        break 'answer r;
+                    };
+                    let root = root_text();
+                    let vars = this.vars(&req, conn, request_uri, &uri, args, server, &root);
+                    let (last, tries) = try_files.split_last().unwrap_or((&try_files[0], &[]));
+                    let mut found = None;
+                    for t in tries {
+                        let candidate = vars.expand(t);
+                        let file = file_for(&candidate);
+                        let is_dir = candidate.ends_with('/');
+                        let ok = std::fs::metadata(&file)
+                            .is_ok_and(|m| if is_dir { m.is_dir() } else { m.is_file() });
+                        if ok {
+                            found = Some((candidate, file));
+                            break;
+                        }
                     }
-                }
-                if let Some((candidate, file)) = found {
-                    let r = self
-                        .files(&req, &candidate, &file, base_dir, settings)
-                        .await;
-                    return r;
-                }
-                if let Some(code) = last.strip_prefix('=') {
-                    let code = code.parse().unwrap_or(404);
-                    return error_page(StatusCode::from_u16(code).unwrap_or(StatusCode::NOT_FOUND));
-                }
-                let next = vars.expand(last);
-                if let Some(named) = server
-                    .locations
-                    .iter()
-                    .find(|l| matches!(&l.matcher, Matcher::Named(n) if *n == next))
-                {
-                    if let Some((pass, _)) = &named.pass {
-                        picked.take(&named.settings);
-                        return Box::pin(pass.handle_with(req, conn, &[])).await;
+                    if let Some((candidate, file)) = found {
+                        let r = this
+                            .files(&req, &candidate, &file, base_dir, settings)
+                            .await;
+                        break 'answer r;
                     }
-                    return error_page(StatusCode::NOT_FOUND);
+                    if let Some(code) = last.strip_prefix('=') {
+                        let code = code.parse().unwrap_or(404);
+                        break 'answer error_page(
+                            StatusCode::from_u16(code).unwrap_or(StatusCode::NOT_FOUND),
+                        );
+                    }
+                    let next = vars.expand(last);
+                    if let Some(named) = server
+                        .locations
+                        .iter()
+                        .find(|l| matches!(&l.matcher, Matcher::Named(n) if *n == next))
+                    {
+                        if let Some((pass, _)) = &named.pass {
+                            picked.take(&named.settings);
+                            break 'answer Box::pin(pass.handle_with(req, conn, &[])).await;
+                        }
+                        break 'answer error_page(StatusCode::NOT_FOUND);
+                    }
+                    uri = next.split('?').next().unwrap_or("/").to_owned().into();
                 }
-                uri = next.split('?').next().unwrap_or("/").to_owned().into();
+                tracing::error!(
+                    "rewrite or internal redirection cycle while processing {raw_path}"
+                );
+                error_page(StatusCode::INTERNAL_SERVER_ERROR)
+            };
+            // nginx's `charset` of the server or location that answered, error pages
+            // included (but not 301 and 302, which nginx leaves alone).
+            let redirect = matches!(r.status().as_u16(), 301 | 302);
+            if let (Some(cs), false) = (picked.charset, redirect) {
+                add_charset(&mut r, cs);
             }
-            tracing::error!("rewrite or internal redirection cycle while processing {raw_path}");
-            error_page(StatusCode::INTERNAL_SERVER_ERROR)
+            // Its access logs, when it names its own.
+            if let Some(logs) = picked.access {
+                r.extensions_mut()
+                    .insert(crate::access::Route(logs.clone()));
+            }
+            // $uri: the normalized URI that answered (unless a handler named another).
+            if let Some(uri) = picked.uri {
+                if r.extensions().get::<crate::access::Uri>().is_none() {
+                    r.extensions_mut().insert(crate::access::Uri(uri));
+                }
+            }
+            r
         }
     }
 
