@@ -112,16 +112,13 @@ impl Default for HeadOptions {
 
 /// Finds the end of the head: the index just past the empty line, scanning from `from`.
 fn head_end(buf: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    while let Some(p) = buf[i..].iter().position(|&b| b == b'\n') {
-        let nl = i + p;
+    for nl in memchr::memchr_iter(b'\n', buf.get(from..)?).map(|p| from + p) {
         // The line that starts after this LF is empty if it is LF or CRLF.
         match buf.get(nl + 1) {
             Some(b'\n') => return Some(nl + 2),
             Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
             _ => {}
         }
-        i = nl + 1;
     }
     None
 }
@@ -213,8 +210,26 @@ impl ResponseHeadDecoder {
     }
 }
 
+/// RFC 9110's `tchar`s, by byte.
+static TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let extra = b"!#$%&'*+-.^_`|~";
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
 fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TOKEN[usize::from(b)]
 }
 
 fn parse_status(v: &[u8], keep: &impl Fn(&[u8]) -> Bytes) -> Result<(u16, Bytes), ResponseError> {
@@ -241,7 +256,15 @@ fn parse_lines(
     let mut status: Option<(u16, Bytes)> = None;
     let mut headers = Vec::new();
     let (mut seen_ct, mut seen_loc, mut fields) = (false, false, 0);
-    for (i, raw) in head.split(|&b| b == b'\n').enumerate() {
+    let mut start = 0;
+    let lines = memchr::memchr_iter(b'\n', head)
+        .chain(std::iter::once(head.len()))
+        .map(|end| {
+            let line = &head[start..end];
+            start = end + 1;
+            line
+        });
+    for (i, raw) in lines.enumerate() {
         let line_no = i + 1;
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         if line.is_empty() {
@@ -262,10 +285,7 @@ fn parse_lines(
                 }
             }
         }
-        let colon = line
-            .iter()
-            .position(|&b| b == b':')
-            .ok_or(ResponseError::BadLine { line: line_no })?;
+        let colon = memchr::memchr(b':', line).ok_or(ResponseError::BadLine { line: line_no })?;
         let name = &line[..colon];
         if name.is_empty() || !name.iter().all(|&b| is_token(b)) {
             return Err(ResponseError::BadLine { line: line_no });
@@ -305,6 +325,7 @@ fn parse_lines(
     }
     let location = headers
         .iter()
+        .filter(|_| seen_loc)
         .find(|(k, _)| k.eq_ignore_ascii_case(b"location"))
         .map(|(_, v)| v.clone());
     let kind = match &location {
