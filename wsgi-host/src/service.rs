@@ -70,10 +70,12 @@ impl WsgiService {
     /// without one, so slow uploads never hold the others back. Requests without a body,
     /// and bodies that stream, do not take a slot. 0 (the default) sets no bound.
     ///
-    /// Set it before the service is cloned (the clones share the slots). The patience
+    /// Set it before the service is cloned (the clones share the slots); a count above
+    /// tokio's `Semaphore::MAX_PERMITS` is taken as that. The patience
     /// timer needs tokio's time driver, which hyper's servers enable for their own
     /// timeouts.
     pub fn read_ahead(mut self, bodies: usize) -> Self {
+        let bodies = bodies.min(Semaphore::MAX_PERMITS);
         self.read_ahead = (bodies > 0).then(|| Arc::new(Semaphore::new(bodies)));
         self
     }

@@ -134,3 +134,15 @@ async fn a_slow_upload_gives_its_slot_up() {
     drop(slow_tx);
     assert_eq!(slow.await.unwrap().unwrap().status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_read_ahead_count_is_taken() {
+    // More slots than a semaphore holds: taken as its maximum, not a panic.
+    let mut svc = WsgiService::new(host("echo", 1)).read_ahead(usize::MAX);
+    let req = http::Request::post("http://example.com/x")
+        .header("content-length", "2")
+        .body(Full::new(Bytes::from_static(b"hi")))
+        .unwrap();
+    let resp = svc.call(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
