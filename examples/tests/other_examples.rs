@@ -51,7 +51,7 @@ fn flask_app_serves_the_tutorial_app_with_two_workers() {
 fn fastcgi_backend_fronts_a_flup_app() {
     let dir = testkit::temp_dir();
     let port = testkit::free_port();
-    let _app = start("fastcgi_backend", port, dir.path());
+    let mut app = start("fastcgi_backend", port, dir.path());
     // flup may need a moment to bind its socket after the front is up.
     let mut r = exchange(
         port,
@@ -80,4 +80,15 @@ fn fastcgi_backend_fronts_a_flup_app() {
     raw.extend_from_slice(&body);
     let r = exchange(port, &raw);
     assert_eq!(r.text(), "FastCGI app: POST /up, 200000 bytes\n");
+    // Stopped as a user stops it (Ctrl-C), it stops its flup app and removes the app's
+    // socket (a SIGKILL, as the guard's drop sends, would leave the app running).
+    // `cargo run` execs the example, so the peer's PID is the example's.
+    let sock = std::env::temp_dir().join(format!("fastcgi_backend-{}.sock", app.pid()));
+    assert!(sock.exists(), "no app socket at {}", sock.display());
+    app.signal("INT");
+    assert!(
+        app.wait_exit(Duration::from_secs(20)).is_some(),
+        "the example did not stop on SIGINT"
+    );
+    assert!(!sock.exists(), "the app's socket was left behind");
 }
