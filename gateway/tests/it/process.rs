@@ -272,12 +272,14 @@ fn reload_on_rss_recycles_a_leaking_worker() {
     assert_ne!(pid_of(&body), first);
 }
 
-/// A bounded client loop on `clients` threads (new connection per request) for `secs`;
-/// returns (requests, failures, bodies seen).
+/// A client loop on `clients` threads (a new connection per request) until `stop` is set
+/// and the last answer starts with `until` (or 60 s more have passed: bounded); returns
+/// (requests, failures, and last the last answer).
 fn load(
     addr: SocketAddr,
     clients: usize,
     stop: &Arc<AtomicBool>,
+    until: &'static str,
 ) -> Vec<std::thread::JoinHandle<(usize, Vec<String>)>> {
     (0..clients)
         .map(|_| {
@@ -285,7 +287,14 @@ fn load(
             std::thread::spawn(move || {
                 let (mut n, mut failures) = (0, Vec::new());
                 let mut last = String::new();
-                while !stop.load(Ordering::Relaxed) {
+                let mut stopped: Option<Instant> = None;
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        let since = *stopped.get_or_insert_with(Instant::now);
+                        if last.starts_with(until) || since.elapsed() > Duration::from_secs(60) {
+                            break;
+                        }
+                    }
                     match get(addr, "/") {
                         Ok((200, body)) => last = body,
                         other => failures.push(format!("{other:?}")),
@@ -308,8 +317,11 @@ fn reload_under_load(lazy: bool) {
     }
     let gw = start(dir.path(), addr, &args);
     let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = load(addr, 1, &stop);
-    clients.extend(load(addr, 16, &stop));
+    // The clients go on after the second reload until the new code answers them (old
+    // workers serve until the new ones are ready, which a loaded box may delay past any
+    // fixed wait); the old generation has to go within 60 s.
+    let mut clients = load(addr, 1, &stop, "v2");
+    clients.extend(load(addr, 16, &stop, "v2"));
     std::thread::sleep(Duration::from_secs(1));
     std::fs::write(dir.path().join("app.py"), APP.replace("\"v1\"", "\"v2\"")).unwrap();
     gw.signal("HUP");
@@ -329,6 +341,12 @@ fn reload_under_load(lazy: bool) {
         total += n;
     }
     assert!(total > 50, "only {total} requests");
+    // No worker of the old code is left: every request now gets the new one.
+    for _ in 0..20 {
+        let (status, body) = get(addr, "/").unwrap();
+        assert_eq!(status, 200);
+        assert!(body.starts_with("v2"), "an old worker still serves: {body}");
+    }
     let log = gw.log();
     assert_eq!(log.matches("SIGHUP: graceful reload").count(), 2, "{log}");
     assert!(log.contains("retired (reload"), "{log}");
