@@ -275,6 +275,37 @@ pub(crate) fn plain(status: http::StatusCode, text: &'static str) -> http::Respo
     r
 }
 
+/// The answer when no server answered: 504 when the last one tried timed out, else 502
+/// (as nginx).
+pub(crate) fn gave_up(timed_out: bool) -> http::Response<Body> {
+    if timed_out {
+        plain(http::StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n")
+    } else {
+        plain(http::StatusCode::BAD_GATEWAY, "Bad Gateway\n")
+    }
+}
+
+/// Logs a server's failure on a request, and whether the next server is tried.
+pub(crate) fn log_failure(
+    upstream: &Upstream,
+    addr: &dyn std::fmt::Display,
+    parts: &http::request::Parts,
+    why: &dyn std::fmt::Display,
+    again: bool,
+) {
+    tracing::error!(
+        "upstream {} ({addr}) for {} {}: {why}{}",
+        upstream.name(),
+        parts.method,
+        parts.uri,
+        if again {
+            "; trying the next server"
+        } else {
+            ""
+        }
+    );
+}
+
 /// Hop-by-hop headers a backend's response must not pass on.
 pub(crate) const HOP_BY_HOP: [&str; 8] = [
     "connection",
@@ -449,12 +480,16 @@ impl Pass {
 
     /// Answers `req` through a backend: 502 when no backend can be reached or one sends
     /// garbage, 504 when it does not answer in time, 400 for a body that cannot be read.
-    pub async fn handle<B>(&self, req: http::Request<B>, conn: &ConnInfo) -> http::Response<Body>
+    pub fn handle<'a, B>(
+        &'a self,
+        req: http::Request<B>,
+        conn: &'a ConnInfo,
+    ) -> impl Future<Output = http::Response<Body>> + 'a
     where
-        B: http_body::Body<Data = Bytes> + Send + Unpin,
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'a,
         B::Error: std::fmt::Display,
     {
-        self.handle_with(req, conn, &[]).await
+        self.handle_with(req, conn, &[])
     }
 
     /// [`Pass::handle`] with per-request params (e.g. `uwsgi_param` values with nginx
@@ -595,11 +630,7 @@ impl Pass {
                         parts.method,
                         parts.uri
                     );
-                    return if timed_out {
-                        plain(http::StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n")
-                    } else {
-                        plain(http::StatusCode::BAD_GATEWAY, "Bad Gateway\n")
-                    };
+                    return gave_up(timed_out);
                 };
                 let started = Instant::now();
                 match self.try_one(&pick.addr, &request, &body).await {
@@ -639,25 +670,9 @@ impl Pass {
                                 idempotent
                             }
                         };
-                        tracing::error!(
-                            "upstream {} ({}) for {} {}: {e}{}",
-                            self.upstream.name(),
-                            pick.addr,
-                            parts.method,
-                            parts.uri,
-                            if again {
-                                "; trying the next server"
-                            } else {
-                                ""
-                            }
-                        );
+                        log_failure(&self.upstream, &pick.addr, &parts, &e, again);
                         if !again {
-                            return match e {
-                                TryError::Timeout => {
-                                    plain(http::StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n")
-                                }
-                                _ => plain(http::StatusCode::BAD_GATEWAY, "Bad Gateway\n"),
-                            };
+                            return gave_up(timed_out);
                         }
                     }
                 }

@@ -268,23 +268,9 @@ impl Proxy {
             self.upstream.report(pick.index, false);
             let (connect, why) = failure;
             let again = connect || idempotent;
-            tracing::error!(
-                "upstream {} ({addr}) for {} {}: {why}{}",
-                self.upstream.name(),
-                parts.method,
-                parts.uri,
-                if again {
-                    "; trying the next server"
-                } else {
-                    ""
-                }
-            );
+            crate::pass::log_failure(&self.upstream, &addr, &parts, &why, again);
             if !again {
-                return if why.contains("in time") {
-                    plain(http::StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n")
-                } else {
-                    plain(http::StatusCode::BAD_GATEWAY, "Bad Gateway\n")
-                };
+                return crate::pass::gave_up(why.contains("in time"));
             }
         }
     }
