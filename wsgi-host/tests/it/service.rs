@@ -71,6 +71,19 @@ fn watched_post(
     (req, tx, read)
 }
 
+/// [`watched_post`] with its whole body sent.
+fn whole_post(
+    seconds: &str,
+    body: &'static [u8],
+) -> (
+    http::Request<Watched>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let (req, tx, read) = watched_post(seconds, body);
+    tx.try_send(Bytes::from_static(body)).unwrap();
+    (req, read)
+}
+
 fn is_read(flag: &std::sync::atomic::AtomicBool) -> bool {
     flag.load(std::sync::atomic::Ordering::SeqCst)
 }
@@ -79,12 +92,8 @@ fn is_read(flag: &std::sync::atomic::AtomicBool) -> bool {
 async fn read_ahead_leaves_further_bodies_unread_until_a_slot_is_free() {
     // One slot: the first POST holds it while its (only) thread sleeps in the app.
     let svc = WsgiService::new(host("misbehave", 1)).read_ahead(1);
-    let (first, tx, first_read) = watched_post("0.6", b"first");
-    tx.try_send(Bytes::from_static(b"first")).unwrap();
-    drop(tx);
-    let (second, tx, second_read) = watched_post("0", b"second");
-    tx.try_send(Bytes::from_static(b"second")).unwrap();
-    drop(tx);
+    let (first, first_read) = whole_post("0.6", b"first");
+    let (second, second_read) = whole_post("0", b"second");
     let one = tokio::spawn(svc.clone().call(first));
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     assert!(is_read(&first_read));
@@ -114,9 +123,7 @@ async fn a_slow_upload_gives_its_slot_up() {
     let svc = WsgiService::new(host("misbehave", 1)).read_ahead(1);
     // The first body never comes: after READ_AHEAD_PATIENCE its slot goes to the next.
     let (slow, slow_tx, slow_read) = watched_post("0", b"slow");
-    let (fast, tx, fast_read) = watched_post("0", b"fast");
-    tx.try_send(Bytes::from_static(b"fast")).unwrap();
-    drop(tx);
+    let (fast, fast_read) = whole_post("0", b"fast");
     let slow = tokio::spawn(svc.clone().call(slow));
     tokio::time::sleep(std::time::Duration::from_millis(30)).await;
     assert!(is_read(&slow_read));
