@@ -161,7 +161,7 @@ impl WsgiService {
         let known = body
             .size_hint()
             .exact()
-            .filter(|&n| n > 0 && n <= self.post_buffering && !body.is_end_stream());
+            .filter(|&n| n > 0 && n <= self.post_buffering);
         let gate = known.and_then(|_| self.read_ahead.clone());
         async move {
             let Ok(env) = env else {
