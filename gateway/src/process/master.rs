@@ -478,12 +478,28 @@ impl Master<'_> {
             .iter()
             .map(|w| format!("{}:{}", w.id, w.pid))
             .collect();
-        let exe = std::env::current_exe()?;
-        let err = std::process::Command::new(&exe)
-            .args(std::env::args_os().skip(1))
-            .env(ENV_FDS, fds)
-            .env(ENV_OLD, old.join(","))
-            .exec();
+        let exe = program();
+        let run = |exe: &std::path::Path| {
+            let mut args = std::env::args_os();
+            let mut cmd = std::process::Command::new(exe);
+            if let Some(arg0) = args.next() {
+                cmd.arg0(arg0);
+            }
+            cmd.args(args)
+                .env(ENV_FDS, &fds)
+                .env(ENV_OLD, old.join(","))
+                .exec()
+        };
+        let mut err = run(&exe);
+        if exe != std::path::Path::new(RUNNING_IMAGE) {
+            // The file went away between the look and the exec (a build or an upgrade
+            // replacing it): this image then goes on.
+            tracing::warn!(
+                "executing {}: {err}; running this image again",
+                exe.display()
+            );
+            err = run(std::path::Path::new(RUNNING_IMAGE));
+        }
         // exec returned: it failed. Back to close-on-exec.
         for l in &self.listeners {
             let _ = fcntl(l.socket.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
@@ -805,4 +821,30 @@ fn old_workers() -> Vec<(usize, Pid)> {
             Some((id.parse().ok()?, Pid::from_raw(pid.parse().ok()?)))
         })
         .collect()
+}
+
+/// The running program's image, which Linux keeps reachable even once its file is gone.
+const RUNNING_IMAGE: &str = "/proc/self/exe";
+
+/// What a reload executes: the file now at the path this master was started from, so
+/// that an upgraded binary takes over as it does on uWSGI's reload; when nothing is at
+/// that path any more (deleted, or being replaced this instant), the running image.
+///
+/// Linux names a replaced or deleted program `PATH (deleted)`; the suffix is taken off
+/// to find what is at the path now.
+fn program() -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(exe) = std::env::current_exe() else {
+        return RUNNING_IMAGE.into();
+    };
+    if exe.is_file() {
+        return exe;
+    }
+    let bytes = exe.as_os_str().as_bytes();
+    match bytes.strip_suffix(b" (deleted)") {
+        Some(path) if std::path::Path::new(std::ffi::OsStr::from_bytes(path)).is_file() => {
+            std::ffi::OsStr::from_bytes(path).into()
+        }
+        _ => RUNNING_IMAGE.into(),
+    }
 }

@@ -31,8 +31,12 @@ def application(environ, start_response):
 "#;
 
 fn start(dir: &Path, addr: SocketAddr, args: &[&str]) -> Peer {
+    start_program(Path::new(env!("CARGO_BIN_EXE_gateway")), dir, addr, args)
+}
+
+fn start_program(program: &Path, dir: &Path, addr: SocketAddr, args: &[&str]) -> Peer {
     std::fs::write(dir.join("app.py"), APP).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    let mut cmd = Command::new(program);
     cmd.args(["--http", &addr.to_string(), "--wsgi-file", "app.py"])
         .args(["--worker-reload-mercy", "10"])
         .args(args)
@@ -564,25 +568,67 @@ fn py_autoreload_picks_up_a_changed_module() {
     assert!(get(addr, "/").unwrap().1.starts_with("v1"));
     std::thread::sleep(Duration::from_millis(1100)); // a different mtime
     std::fs::write(dir.path().join("app.py"), APP.replace("\"v1\"", "\"v2\"")).unwrap();
-    let start = Instant::now();
-    loop {
-        let (status, body) = get(addr, "/").expect("served throughout");
-        assert_eq!(status, 200);
-        if body.starts_with("v2") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "not reloaded:\n{}",
-            gw.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_version(&gw, addr, "v2");
     assert!(
         gw.log().contains("app.py changed, reloading"),
         "{}",
         gw.log()
     );
+}
+
+/// Waits until `/` answers with `version`, every answer on the way a 200.
+fn wait_version(gw: &Peer, addr: SocketAddr, version: &str) {
+    let start = Instant::now();
+    loop {
+        let (status, body) = get(addr, "/").expect("served throughout");
+        assert_eq!(status, 200);
+        if body.starts_with(version) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{version} never served:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Puts the gateway binary at `to` (a hard link where the file system allows it).
+fn place_binary(to: &Path) {
+    let from = Path::new(env!("CARGO_BIN_EXE_gateway"));
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to).unwrap();
+    }
+}
+
+#[test]
+fn sighup_runs_the_replaced_binary_and_survives_a_deleted_one() {
+    let dir = testkit::temp_dir();
+    let program = dir.path().join("gw");
+    place_binary(&program);
+    let addr = local();
+    let gw = start_program(&program, dir.path(), addr, &["--master"]);
+    wait_version(&gw, addr, "v1");
+
+    // An upgrade puts a new file at the path (a build or a package manager renames
+    // over it): the reload executes that file.
+    place_binary(&dir.path().join("gw.new"));
+    std::fs::rename(dir.path().join("gw.new"), &program).unwrap();
+    std::fs::write(dir.path().join("app.py"), APP.replace("\"v1\"", "\"v2\"")).unwrap();
+    gw.signal("HUP");
+    wait_version(&gw, addr, "v2");
+    let exe = std::fs::read_link(format!("/proc/{}/exe", gw.pid())).unwrap();
+    assert_eq!(exe, program, "the master runs the file now at the path");
+
+    // Nothing at the path any more: the reload runs the master's own image again.
+    std::fs::remove_file(&program).unwrap();
+    std::fs::write(dir.path().join("app.py"), APP.replace("\"v1\"", "\"v3\"")).unwrap();
+    gw.signal("HUP");
+    wait_version(&gw, addr, "v3");
+    let log = gw.log();
+    assert_eq!(log.matches("SIGHUP: graceful reload").count(), 2, "{log}");
+    assert!(!log.contains("reload failed"), "{log}");
 }
 
 #[test]
