@@ -131,6 +131,82 @@ pub struct Pass {
 /// A connection to a backend.
 type BackendConn = tokio_util::either::Either<tokio::net::TcpStream, tokio::net::UnixStream>;
 
+/// Connects to a backend's unix socket and sends what it can of `first` (the request):
+/// the stream, and how many bytes of `first` went.
+///
+/// On Linux a unix socket's connect is done (or has failed) when it returns, so the
+/// socket is written at once, before tokio has it: tokio's own connect waits for the
+/// event loop to report the socket writable and then asks it for its error, and its
+/// first write on a new socket waits for the loop again (three more system calls and two
+/// turns of the loop per request). A send that fails sends nothing here: the write that
+/// follows meets the error as it would have. A full backlog (`EAGAIN`) is a failure to
+/// connect, as for nginx and tokio.
+async fn connect_unix(
+    path: &std::path::Path,
+    first: &[u8],
+) -> std::io::Result<(tokio::net::UnixStream, usize)> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::UNIX,
+        socket2::Type::STREAM.nonblocking(),
+        None,
+    )?;
+    let connected = socket.connect(&socket2::SockAddr::unix(path)?);
+    let sent = match connected {
+        Ok(()) => socket
+            .send_with_flags(first, nix::libc::MSG_NOSIGNAL)
+            .unwrap_or(0),
+        Err(_) => 0,
+    };
+    let stream = tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(
+        std::os::fd::OwnedFd::from(socket),
+    ))?;
+    match connected {
+        Ok(()) => Ok((stream, sent)),
+        // Not seen from unix sockets on Linux; handled as a TCP connect is.
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {
+            stream.writable().await?;
+            match stream.take_error()? {
+                Some(e) => Err(e),
+                None => Ok((stream, 0)),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the backend was seen to close its end of `s` (EPOLLRDHUP reported): it then
+/// sends nothing beyond what the socket already holds. (The FastCGI reader: never.)
+fn seen_closed<F>(s: &tokio_util::either::Either<BackendConn, F>) -> bool {
+    use futures_util::FutureExt;
+    use tokio::io::Interest;
+    use tokio_util::either::Either;
+    let ready = match s {
+        Either::Left(Either::Left(t)) => t.ready(Interest::READABLE).now_or_never(),
+        Either::Left(Either::Right(u)) => u.ready(Interest::READABLE).now_or_never(),
+        Either::Right(_) => None,
+    };
+    matches!(ready, Some(Ok(r)) if r.is_read_closed())
+}
+
+/// Reads what `s` has into `buf`: how many bytes, and whether they were the last ones.
+/// They were when the backend had closed its end before the read and the read did not
+/// fill the room it had (a read takes everything the socket holds, up to its room): an
+/// answer ended by the close then needs no further read to meet the end (nginx knows it
+/// the same way, from EPOLLRDHUP).
+fn read_noting_end<'a, F: AsyncRead + Unpin>(
+    s: &'a mut tokio_util::either::Either<BackendConn, F>,
+    buf: &'a mut BytesMut,
+) -> impl Future<Output = std::io::Result<(usize, bool)>> + 'a {
+    std::future::poll_fn(move |cx| {
+        // Looked at before the read, in the same poll: a close seen later could have
+        // come after more data.
+        let closed = seen_closed(s);
+        let room = buf.capacity() - buf.len();
+        tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *s), cx, buf)
+            .map_ok(|n| (n, closed && n < room))
+    })
+}
+
 /// Whether an idle connection can take a request: not closed by the backend, nothing
 /// unexpected waiting to be read.
 fn usable(c: &BackendConn) -> bool {
@@ -717,20 +793,23 @@ impl Pass {
         })
     }
 
+    /// A new connection to `addr`, and how many bytes of `first` it has sent already.
     async fn connect(
         &self,
         addr: &ListenAddr,
+        first: &[u8],
         clock: &mut StepClock,
-    ) -> Result<BackendConn, TryError> {
+    ) -> Result<(BackendConn, usize), TryError> {
         let connect = async {
-            Ok::<BackendConn, std::io::Error>(match addr {
+            Ok::<_, std::io::Error>(match addr {
                 ListenAddr::Tcp(a) => {
                     let s = tokio::net::TcpStream::connect(a).await?;
                     let _ = s.set_nodelay(true);
-                    tokio_util::either::Either::Left(s)
+                    (tokio_util::either::Either::Left(s), 0)
                 }
                 ListenAddr::Unix(p) => {
-                    tokio_util::either::Either::Right(tokio::net::UnixStream::connect(p).await?)
+                    let (s, sent) = connect_unix(p, first).await?;
+                    (tokio_util::either::Either::Right(s), sent)
                 }
             })
         };
@@ -820,7 +899,7 @@ impl Pass {
         let mut clock = StepClock::new();
         if let Some(c) = self.idle.as_ref().and_then(|idle| idle.take(&name)) {
             match self
-                .exchange(c, name.clone(), request, body, &mut clock)
+                .exchange(c, 0, name.clone(), request, body, &mut clock)
                 .await
             {
                 Err(TryError::Stale(e)) => {
@@ -829,8 +908,8 @@ impl Pass {
                 r => return r,
             }
         }
-        let c = self.connect(addr, &mut clock).await?;
-        self.exchange(c, name, request, body, &mut clock)
+        let (c, sent) = self.connect(addr, request, &mut clock).await?;
+        self.exchange(c, sent, name, request, body, &mut clock)
             .await
             .map_err(|e| match e {
                 TryError::Stale(e) => TryError::Upstream(e),
@@ -838,17 +917,21 @@ impl Pass {
             })
     }
 
-    /// One request on connection `s` to backend `name`.
+    /// One request on connection `s` to backend `name`, which has the first `sent` bytes
+    /// of `request` already.
     async fn exchange(
         &self,
         mut s: BackendConn,
+        sent: usize,
         name: String,
         request: &Bytes,
         body: &Spooled,
         clock: &mut StepClock,
     ) -> Result<http::Response<PassBody>, TryError> {
         let sent = async {
-            clock.send(self.timeouts.send, s.write_all(request)).await?;
+            if let Some(rest) = request.get(sent..).filter(|r| !r.is_empty()) {
+                clock.send(self.timeouts.send, s.write_all(rest)).await?;
+            }
             self.send_body(&mut s, body, clock).await
         };
         if let Err(e) = sent.await {
@@ -871,6 +954,8 @@ impl Pass {
             },
             ..HeadOptions::default()
         });
+        // Whether all the backend sends has been read (see `read_noting_end`).
+        let mut ended = false;
         let cgi = loop {
             match decoder.decode_split(&mut buf) {
                 Ok(Some(h)) => break h,
@@ -878,18 +963,21 @@ impl Pass {
                 Err(e) => return Err(TryError::Upstream(format!("bad response head: {e}"))),
             }
             buf.reserve(16 * 1024);
-            match clock.step(self.timeouts.read, s.read_buf(&mut buf)).await {
+            match clock
+                .step(self.timeouts.read, read_noting_end(&mut s, &mut buf))
+                .await
+            {
                 Err(_) => return Err(TryError::Timeout),
                 Ok(Err(e)) => return Err(TryError::Upstream(format!("reading: {e}"))),
-                Ok(Ok(0)) if buf.is_empty() => {
+                Ok(Ok((0, _))) if buf.is_empty() => {
                     return Err(TryError::Stale("closed without an answer".into()));
                 }
-                Ok(Ok(0)) => {
+                Ok(Ok((0, _))) => {
                     return Err(TryError::Upstream(
                         "closed before a whole response head".into(),
                     ));
                 }
-                Ok(Ok(_)) => {}
+                Ok(Ok((_, last))) => ended = last,
             }
         };
         let status = http::StatusCode::from_u16(cgi.status)
@@ -919,15 +1007,11 @@ impl Pass {
         // A small answer is often all there already (and, over uwsgi or SCGI, ended by
         // the close): what can be read without waiting is read now, and a complete
         // answer needs no reading task.
-        let mut ended = false;
-        while length.is_none_or(|n| (buf.len() as u64) < n) && buf.len() < 256 * 1024 {
+        while !ended && length.is_none_or(|n| (buf.len() as u64) < n) && buf.len() < 256 * 1024 {
             buf.reserve(8 * 1024);
-            match futures_util::FutureExt::now_or_never(s.read_buf(&mut buf)) {
-                Some(Ok(0)) => {
-                    ended = true;
-                    break;
-                }
-                Some(Ok(_)) => {}
+            match futures_util::FutureExt::now_or_never(read_noting_end(&mut s, &mut buf)) {
+                Some(Ok((0, _))) => ended = true,
+                Some(Ok((_, last))) => ended = last,
                 Some(Err(_)) | None => break, // the reading task meets an error again
             }
         }

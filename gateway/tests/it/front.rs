@@ -921,26 +921,102 @@ fn a_front_described_in_an_ini_file() {
     assert_eq!(who, ["b1", "b2", "b1", "b2"], "{}", gw.log());
 }
 
-/// A fake backend that answers each connection with `steps`: a pause, then some bytes.
+/// Reads a request from `s`, then plays `steps` (a pause, then some bytes) and closes.
+fn play(mut s: impl Read + Write, steps: &[(u64, &[u8])]) {
+    let mut buf = [0u8; 4096];
+    let _ = s.read(&mut buf);
+    for (pause, bytes) in steps {
+        std::thread::sleep(Duration::from_millis(*pause));
+        if s.write_all(bytes).is_err() {
+            return;
+        }
+    }
+}
+
+/// A fake backend that answers each connection with `steps`.
 fn scripted_backend(steps: &'static [(u64, &'static [u8])]) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
         for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf);
-                for (pause, bytes) in steps {
-                    std::thread::sleep(Duration::from_millis(*pause));
-                    if s.write_all(bytes).is_err() {
-                        return;
-                    }
-                }
-            });
+            let Ok(s) = s else { return };
+            std::thread::spawn(move || play(s, steps));
         }
     });
     addr
+}
+
+/// [`scripted_backend`] on a unix socket at `path`; `steps` may be built at run time.
+fn scripted_unix_backend(path: &Path, steps: Vec<(u64, Vec<u8>)>) {
+    let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+    let steps: Arc<Vec<(u64, Vec<u8>)>> = Arc::new(steps);
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { return };
+            let steps = steps.clone();
+            std::thread::spawn(move || {
+                let steps: Vec<(u64, &[u8])> = steps.iter().map(|(p, b)| (*p, &b[..])).collect();
+                play(s, &steps);
+            });
+        }
+    });
+}
+
+#[test]
+fn answers_ended_by_the_close_arrive_whole_over_unix_sockets() {
+    let dir = testkit::temp_dir();
+    let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n".to_vec();
+    let with = |body: &[u8]| [&head[..], body].concat();
+    let big: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    // All at once, then the close; the rest after a pause (a close seen then must not
+    // cut what came before it); a body larger than one read; a Content-Length.
+    scripted_unix_backend(
+        &dir.path().join("all.sock"),
+        vec![(0, with(b"hello world"))],
+    );
+    scripted_unix_backend(
+        &dir.path().join("later.sock"),
+        vec![(0, with(b"hello ")), (300, b"world".to_vec())],
+    );
+    scripted_unix_backend(&dir.path().join("big.sock"), vec![(0, with(&big))]);
+    scripted_unix_backend(
+        &dir.path().join("length.sock"),
+        vec![(
+            0,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+        )],
+    );
+    // A socket file nobody listens on, and no file at all.
+    drop(std::os::unix::net::UnixListener::bind(dir.path().join("dead.sock")).unwrap());
+    let addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    let d = dir.path().display();
+    let _gw = site(
+        dir.path(),
+        addr,
+        &format!(
+            "server {{\n  listen {addr};\n\
+             \x20 location /all {{ uwsgi_pass unix:{d}/all.sock; }}\n\
+             \x20 location /later {{ uwsgi_pass unix:{d}/later.sock; }}\n\
+             \x20 location /big {{ uwsgi_pass unix:{d}/big.sock; }}\n\
+             \x20 location /length {{ uwsgi_pass unix:{d}/length.sock; }}\n\
+             \x20 location /dead {{ uwsgi_pass unix:{d}/dead.sock; }}\n\
+             \x20 location /none {{ uwsgi_pass unix:{d}/none.sock; }}\n}}\n"
+        ),
+    );
+    for _ in 0..20 {
+        let r = get(addr, "/all");
+        assert_eq!((r.status, r.text().as_str()), (200, "hello world"));
+    }
+    let r = get(addr, "/later");
+    assert_eq!((r.status, r.text().as_str()), (200, "hello world"));
+    let r = get(addr, "/big");
+    assert_eq!(r.status, 200);
+    assert!(r.body == big, "{} bytes of {}", r.body.len(), big.len());
+    let r = get(addr, "/length");
+    assert_eq!((r.status, r.text().as_str()), (200, "hello"));
+    assert_eq!(get(addr, "/dead").status, 502);
+    assert_eq!(get(addr, "/none").status, 502);
+    assert_eq!(get(addr, "/all").text(), "hello world");
 }
 
 #[test]
