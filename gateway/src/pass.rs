@@ -131,47 +131,63 @@ pub struct Pass {
 /// A connection to a backend.
 type BackendConn = tokio_util::either::Either<tokio::net::TcpStream, tokio::net::UnixStream>;
 
-/// Connects to a backend's unix socket and sends what it can of `first` (the request):
-/// the stream, and how many bytes of `first` went.
+/// Connects to a backend and sends what it can of `first` (the request) at once: the
+/// connection, and how many bytes of `first` went.
 ///
-/// On Linux a unix socket's connect is done (or has failed) when it returns, so the
-/// socket is written at once, before tokio has it: tokio's own connect waits for the
-/// event loop to report the socket writable and then asks it for its error, and its
-/// first write on a new socket waits for the loop again (three more system calls and two
-/// turns of the loop per request). A send that fails sends nothing here: the write that
-/// follows meets the error as it would have. A full backlog (`EAGAIN`) is a failure to
-/// connect, as for nginx and tokio.
-async fn connect_unix(
-    path: &std::path::Path,
-    first: &[u8],
-) -> std::io::Result<(tokio::net::UnixStream, usize)> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::UNIX,
-        socket2::Type::STREAM.nonblocking(),
-        None,
-    )?;
-    let connected = socket.connect(&socket2::SockAddr::unix(path)?);
-    let sent = match connected {
-        Ok(()) => socket
-            .send_with_flags(first, nix::libc::MSG_NOSIGNAL)
-            .unwrap_or(0),
-        Err(_) => 0,
+/// The socket is written before tokio has it. tokio's connect waits for the event loop to
+/// report a new socket writable and then asks it for its error, and its first write on a
+/// new socket waits for the loop again: three more system calls and two turns of the loop
+/// per request. A unix socket's connect on Linux is done (or has failed) when it returns;
+/// a TCP connect to loopback is most often established by then as well, and otherwise
+/// the send finds it still connecting (`EAGAIN`) and the connection is awaited as tokio
+/// does, or finds it failed, which is a failure to connect. On a connected socket a send
+/// that fails sends nothing here: the write that follows meets the error as it would
+/// have. A full unix backlog (`EAGAIN` from connect) is a failure to connect, as for
+/// nginx and tokio.
+async fn connect_sending(addr: &ListenAddr, first: &[u8]) -> std::io::Result<(BackendConn, usize)> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    use tokio_util::either::Either;
+    let (domain, to, protocol) = match addr {
+        ListenAddr::Tcp(a) => (
+            Domain::for_address(*a),
+            SockAddr::from(*a),
+            Some(socket2::Protocol::TCP),
+        ),
+        ListenAddr::Unix(p) => (Domain::UNIX, SockAddr::unix(p)?, None),
     };
-    let stream = tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(
-        std::os::fd::OwnedFd::from(socket),
-    ))?;
-    match connected {
-        Ok(()) => Ok((stream, sent)),
-        // Not seen from unix sockets on Linux; handled as a TCP connect is.
-        Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {
-            stream.writable().await?;
-            match stream.take_error()? {
-                Some(e) => Err(e),
-                None => Ok((stream, 0)),
-            }
-        }
-        Err(e) => Err(e),
+    let socket = Socket::new(domain, Type::STREAM.nonblocking(), protocol)?;
+    if protocol.is_some() {
+        let _ = socket.set_tcp_nodelay(true);
     }
+    let connected = match socket.connect(&to) {
+        Ok(()) => true,
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => false,
+        Err(e) => return Err(e),
+    };
+    let sent = match socket.send_with_flags(first, nix::libc::MSG_NOSIGNAL) {
+        Ok(n) => Some(n),
+        Err(e) if connected || e.kind() == std::io::ErrorKind::WouldBlock => None,
+        // The connect failed (the send took its error): none of the request went.
+        Err(e) => return Err(e),
+    };
+    let fd = std::os::fd::OwnedFd::from(socket);
+    let conn: BackendConn = match addr {
+        ListenAddr::Tcp(_) => Either::Left(tokio::net::TcpStream::from_std(fd.into())?),
+        ListenAddr::Unix(_) => Either::Right(tokio::net::UnixStream::from_std(fd.into())?),
+    };
+    if let Some(n) = sent {
+        return Ok((conn, n)); // a send went through: connected
+    }
+    if !connected {
+        let error = match &conn {
+            Either::Left(t) => t.writable().await.and_then(|()| t.take_error()),
+            Either::Right(u) => u.writable().await.and_then(|()| u.take_error()),
+        }?;
+        if let Some(e) = error {
+            return Err(e);
+        }
+    }
+    Ok((conn, 0))
 }
 
 /// Whether the backend was seen to close its end of `s` (EPOLLRDHUP reported): it then
@@ -800,20 +816,10 @@ impl Pass {
         first: &[u8],
         clock: &mut StepClock,
     ) -> Result<(BackendConn, usize), TryError> {
-        let connect = async {
-            Ok::<_, std::io::Error>(match addr {
-                ListenAddr::Tcp(a) => {
-                    let s = tokio::net::TcpStream::connect(a).await?;
-                    let _ = s.set_nodelay(true);
-                    (tokio_util::either::Either::Left(s), 0)
-                }
-                ListenAddr::Unix(p) => {
-                    let (s, sent) = connect_unix(p, first).await?;
-                    (tokio_util::either::Either::Right(s), sent)
-                }
-            })
-        };
-        match clock.step(self.timeouts.connect, connect).await {
+        match clock
+            .step(self.timeouts.connect, connect_sending(addr, first))
+            .await
+        {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => Err(TryError::Connect(e.to_string())),
             Err(_) => Err(TryError::Connect("connect timed out".into())),

@@ -307,6 +307,13 @@ fn garbage_or_early_close_from_a_backend_is_a_502_and_nothing_else_breaks() {
     let mut buf = [0u8; 12];
     s.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"HTTP/1.1 502");
+    // (Last: the fronts share one log file.) A POST that no server took (a refused connect) goes to the next one, as nginx's.
+    let (_gw5, f5) = front(dir.path(), &[nobody.to_string(), good.to_string()], &[]);
+    let r = exchange(
+        f5,
+        b"POST /refused HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    );
+    assert!(r.text().starts_with("good POST /refused"), "{}", r.text());
 }
 
 #[test]
