@@ -256,13 +256,26 @@ impl WsgiService {
             });
             *out.status_mut() = http::StatusCode::from_u16(head.status)
                 .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+            let headers = out.headers_mut();
+            // An app may send more header fields than a response map holds (32,768),
+            // where `append` would panic: that answer is the app's error.
+            let mut fits = headers.try_reserve(head.headers.len()).is_ok();
             for (k, v) in head.headers {
+                if !fits {
+                    break;
+                }
                 if let (Ok(k), Ok(v)) = (
                     http::HeaderName::from_bytes(&k),
                     http::HeaderValue::from_maybe_shared(v),
                 ) {
-                    out.headers_mut().append(k, v);
+                    fits = headers.try_append(k, v).is_ok();
                 }
+            }
+            if !fits {
+                tracing::error!(
+                    "the application's response has more header fields than an HTTP response can carry"
+                );
+                return Ok(plain(500, "Internal Server Error\n"));
             }
             Ok(out)
         }

@@ -272,6 +272,10 @@ def misbehave(environ, start_response):
     if what == "crlf":
         start_response("200 OK", [("Content-Type", "text/plain"), ("X-Evil", "a\r\nSet-Cookie: x=1")])
         return [b"x"]
+    if what == "many-headers":
+        # More header fields than an HTTP response map holds (32,768).
+        start_response("200 OK", [("X-H%d" % i, "v") for i in range(40000)])
+        return [b"x"]
     if what == "tuple-headers":
         start_response("200 OK", (("Content-Type", "text/plain"),))
         return [b"x"]

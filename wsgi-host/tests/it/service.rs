@@ -22,6 +22,23 @@ async fn mounted_at_a_path() {
     assert_eq!(&body[..], b"POST|/legacy|/items|x=1|http|-\nhello");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_header_fields_than_a_response_holds_is_a_500_and_the_next_is_served() {
+    let mut svc = WsgiService::new(host("misbehave", 1));
+    let get = |path: &str| {
+        http::Request::get(format!("http://example.com{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let resp = svc.call(get("/many-headers")).await.unwrap();
+    assert_eq!(resp.status(), 500);
+    assert!(resp.headers().len() < 10, "{} fields", resp.headers().len());
+    let resp = svc.call(get("/")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"ok");
+}
+
 /// A request body fed through a channel, which notes when it is first read.
 struct Watched {
     rx: tokio::sync::mpsc::Receiver<Bytes>,
