@@ -259,18 +259,16 @@ impl WsgiService {
             let headers = out.headers_mut();
             // An app may send more header fields than a response map holds (32,768),
             // where `append` would panic: that answer is the app's error.
-            let mut fits = headers.try_reserve(head.headers.len()).is_ok();
-            for (k, v) in head.headers {
-                if !fits {
-                    break;
-                }
-                if let (Ok(k), Ok(v)) = (
-                    http::HeaderName::from_bytes(&k),
-                    http::HeaderValue::from_maybe_shared(v),
-                ) {
-                    fits = headers.try_append(k, v).is_ok();
-                }
-            }
+            let fits = headers.try_reserve(head.headers.len()).is_ok()
+                && head.headers.into_iter().all(|(k, v)| {
+                    match (
+                        http::HeaderName::from_bytes(&k),
+                        http::HeaderValue::from_maybe_shared(v),
+                    ) {
+                        (Ok(k), Ok(v)) => headers.try_append(k, v).is_ok(),
+                        _ => true, // a field that is not HTTP is left out
+                    }
+                });
             if !fits {
                 tracing::error!(
                     "the application's response has more header fields than an HTTP response can carry"

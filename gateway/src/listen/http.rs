@@ -85,16 +85,6 @@ impl PerConnection {
 /// but has not sent one yet (it is then served, not dropped).
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
 
-fn plain(status: http::StatusCode, text: &'static str) -> http::Response<Body> {
-    let mut r = http::Response::new(Body::full(text));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain"),
-    );
-    r
-}
-
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnection {
     type Response = http::Response<Body>;
     type Error = Infallible;
@@ -164,16 +154,12 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
 /// Whether the request's Content-Length is over `--limit-post`: it is refused before its
 /// body is read (no 100 Continue is sent).
 fn over_limit<B>(app: &HttpApp, req: &http::Request<B>) -> bool {
-    app.limit_post.is_some_and(|limit| {
-        req.headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .is_some_and(|n| n > limit)
-    })
+    app.limit_post
+        .is_some_and(|limit| crate::handler::declared_over(req.headers(), limit))
 }
 
 fn too_large() -> http::Response<Body> {
-    plain(
+    crate::pass::plain(
         http::StatusCode::PAYLOAD_TOO_LARGE,
         "Request Entity Too Large\n",
     )

@@ -490,21 +490,23 @@ impl Master<'_> {
                 .env(ENV_OLD, old.join(","))
                 .exec()
         };
-        let mut err = run(&exe);
-        if exe != std::path::Path::new(RUNNING_IMAGE) {
+        let mut tried = exe.as_path();
+        let mut err = run(tried);
+        if tried != std::path::Path::new(RUNNING_IMAGE) {
             // The file went away between the look and the exec (a build or an upgrade
             // replacing it): this image then goes on.
             tracing::warn!(
                 "executing {}: {err}; running this image again",
-                exe.display()
+                tried.display()
             );
-            err = run(std::path::Path::new(RUNNING_IMAGE));
+            tried = std::path::Path::new(RUNNING_IMAGE);
+            err = run(tried);
         }
         // exec returned: it failed. Back to close-on-exec.
         for l in &self.listeners {
             let _ = fcntl(l.socket.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
         }
-        Err(err).with_context(|| format!("executing {}", exe.display()))
+        Err(err).with_context(|| format!("executing {}", tried.display()))
     }
 
     fn reap(&mut self) {

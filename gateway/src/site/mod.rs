@@ -1453,14 +1453,10 @@ impl Site {
                     picked.take(settings);
                     picked.uri(&uri);
                     // (A request without a body has nothing to measure.)
-                    if let Some(limit) = settings.max_body.filter(|_| !req.body().is_end_stream()) {
-                        let length = req
-                            .headers()
-                            .get(header::CONTENT_LENGTH)
-                            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-                        if length.is_some_and(|n| n > limit) {
-                            break 'answer error_page(StatusCode::PAYLOAD_TOO_LARGE);
-                        }
+                    if let Some(limit) = settings.max_body.filter(|_| !req.body().is_end_stream())
+                        && crate::handler::declared_over(req.headers(), limit)
+                    {
+                        break 'answer error_page(StatusCode::PAYLOAD_TOO_LARGE);
                     }
                     // $document_root, written out only where a variable may ask for it.
                     let root_text = || {

@@ -307,7 +307,8 @@ fn garbage_or_early_close_from_a_backend_is_a_502_and_nothing_else_breaks() {
     let mut buf = [0u8; 12];
     s.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"HTTP/1.1 502");
-    // (Last: the fronts share one log file.) A POST that no server took (a refused connect) goes to the next one, as nginx's.
+    // (Last: the fronts share one log file.) A POST that no server took (a refused
+    // connect) goes to the next one, as nginx's.
     let (_gw5, f5) = front(dir.path(), &[nobody.to_string(), good.to_string()], &[]);
     let r = exchange(
         f5,
@@ -929,12 +930,12 @@ fn a_front_described_in_an_ini_file() {
 }
 
 /// Reads a request from `s`, then plays `steps` (a pause, then some bytes) and closes.
-fn play(mut s: impl Read + Write, steps: &[(u64, &[u8])]) {
+fn play(mut s: impl Read + Write, steps: &[(u64, impl AsRef<[u8]>)]) {
     let mut buf = [0u8; 4096];
     let _ = s.read(&mut buf);
     for (pause, bytes) in steps {
         std::thread::sleep(Duration::from_millis(*pause));
-        if s.write_all(bytes).is_err() {
+        if s.write_all(bytes.as_ref()).is_err() {
             return;
         }
     }
@@ -961,10 +962,7 @@ fn scripted_unix_backend(path: &Path, steps: Vec<(u64, Vec<u8>)>) {
         for s in l.incoming() {
             let Ok(s) = s else { return };
             let steps = steps.clone();
-            std::thread::spawn(move || {
-                let steps: Vec<(u64, &[u8])> = steps.iter().map(|(p, b)| (*p, &b[..])).collect();
-                play(s, &steps);
-            });
+            std::thread::spawn(move || play(s, &steps));
         }
     });
 }
