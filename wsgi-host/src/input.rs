@@ -1,8 +1,9 @@
 //! `wsgi.input`: the request body as a Python file-like object implemented in Rust.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -12,7 +13,8 @@ use crate::{BodyError, RequestBody};
 
 enum Source {
     Done,
-    Full(Bytes),
+    /// The body held whole, in the pieces still to read.
+    Held(VecDeque<Bytes>),
     Stream(mpsc::Receiver<Result<Bytes, BodyError>>),
     /// Another thread is waiting on the stream.
     Busy,
@@ -42,7 +44,8 @@ impl WsgiInput {
     pub(crate) fn new(body: RequestBody, content_length: Option<u64>) -> Self {
         let source = match body {
             RequestBody::Empty => Source::Done,
-            RequestBody::Full(b) => Source::Full(b),
+            RequestBody::Full(b) => Source::Held(VecDeque::from([b])),
+            RequestBody::Pieces(v) => Source::Held(v.into()),
             RequestBody::Stream(rx) => Source::Stream(rx),
         };
         Self {
@@ -75,9 +78,14 @@ impl WsgiInput {
                     "wsgi.input read from two threads at once",
                 ));
             }
-            Source::Full(b) => {
-                st.source = Source::Done;
-                Some(Ok(b))
+            Source::Held(mut pieces) => {
+                let piece = pieces.pop_front();
+                if !pieces.is_empty() {
+                    st.source = Source::Held(pieces);
+                } else {
+                    st.source = Source::Done;
+                }
+                piece.map(Ok)
             }
             Source::Stream(mut rx) => {
                 drop(st);
@@ -147,6 +155,62 @@ impl WsgiInput {
         }
     }
 
+    /// `read(size)` from a body held whole, when the answer takes bytes from its pieces:
+    /// they are copied once, straight into the Python object (the ordinary way would
+    /// first join them in the buffer). `None` when the body is streamed, or when the
+    /// buffer alone holds the answer.
+    fn read_held<'py>(
+        &self,
+        py: Python<'py>,
+        size: Option<usize>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let mut st = self.lock()?;
+        let State {
+            buf,
+            source,
+            allowed,
+            scanned,
+        } = &mut *st;
+        let Source::Held(pieces) = source else {
+            return Ok(None);
+        };
+        let held = pieces.iter().map(Bytes::len).sum::<usize>();
+        // Never more than CONTENT_LENGTH (what is in `buf` was counted already).
+        let held = allowed.map_or(held, |a| usize::try_from(a).map_or(held, |a| a.min(held)));
+        let n = size.unwrap_or(usize::MAX).min(buf.len() + held);
+        if n <= buf.len() {
+            return Ok(None);
+        }
+        let from_pieces = n - buf.len();
+        let out = PyBytes::new_with(py, n, |dst| {
+            let (head, mut rest) = dst.split_at_mut(buf.len());
+            head.copy_from_slice(buf);
+            while !rest.is_empty() {
+                let Some(mut piece) = pieces.pop_front() else {
+                    break; // not reached: `held` counted these bytes
+                };
+                let k = rest.len().min(piece.len());
+                let (now, later) = rest.split_at_mut(k);
+                now.copy_from_slice(&piece[..k]);
+                rest = later;
+                piece.advance(k);
+                if !piece.is_empty() {
+                    pieces.push_front(piece);
+                }
+            }
+            Ok(())
+        })?;
+        buf.clear();
+        *scanned = 0;
+        if let Some(a) = allowed {
+            *a -= from_pieces as u64;
+        }
+        if pieces.is_empty() || *allowed == Some(0) {
+            *source = Source::Done;
+        }
+        Ok(Some(out))
+    }
+
     fn readline_impl(&self, py: Python<'_>, size: Option<usize>) -> PyResult<Bytes> {
         loop {
             {
@@ -193,7 +257,11 @@ impl WsgiInput {
         py: Python<'py>,
         size: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let data = self.read_impl(py, size_arg(size)?)?;
+        let size = size_arg(size)?;
+        if let Some(out) = self.read_held(py, size)? {
+            return Ok(out);
+        }
+        let data = self.read_impl(py, size)?;
         Ok(PyBytes::new(py, &data))
     }
 

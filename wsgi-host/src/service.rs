@@ -170,7 +170,7 @@ impl WsgiService {
             let mut slot = None;
             let body = if body.is_end_stream() {
                 RequestBody::Empty
-            } else if let Some(n) = known {
+            } else if known.is_some() {
                 if let Some(gate) = gate {
                     // Never closed, so the permit always comes.
                     slot = gate.acquire_owned().await.ok();
@@ -190,28 +190,27 @@ impl WsgiService {
                     }
                     frame
                 });
-                // A body that came in one frame is kept as it is; pieces are joined.
-                let mut first: Option<Bytes> = None;
-                let mut all = bytes::BytesMut::new();
+                // Kept in the pieces it came in: `wsgi.input` copies them into the
+                // Python object without joining them here first.
+                let mut pieces = Vec::new();
                 loop {
                     match (&mut next_frame).await {
                         None => break,
                         Some(Ok(f)) => {
-                            let Ok(d) = f.into_data() else { continue };
-                            if all.is_empty() && first.is_none() {
-                                first = Some(d);
-                                continue;
+                            if let Ok(d) = f.into_data()
+                                && !d.is_empty()
+                            {
+                                pieces.push(d);
                             }
-                            if let Some(f) = first.take() {
-                                all.reserve(n as usize);
-                                all.extend_from_slice(&f);
-                            }
-                            all.extend_from_slice(&d);
                         }
                         Some(Err(_)) => return Ok(plain(400, "Bad Request\n")),
                     }
                 }
-                RequestBody::Full(first.unwrap_or_else(|| all.freeze()))
+                match pieces.len() {
+                    0 => RequestBody::Empty,
+                    1 => RequestBody::Full(pieces.swap_remove(0)),
+                    _ => RequestBody::Pieces(pieces),
+                }
             } else {
                 let (tx, rx) = RequestBody::channel(4);
                 tokio::spawn(async move {

@@ -42,7 +42,8 @@ impl WsgiRequest {
     }
 }
 
-/// A request body: nothing, all of it at once, or streamed as it arrives.
+/// A request body: nothing, all of it at once (in one piece or in the pieces it came in),
+/// or streamed as it arrives.
 #[derive(Debug, Default)]
 pub enum RequestBody {
     /// No body.
@@ -50,6 +51,9 @@ pub enum RequestBody {
     Empty,
     /// The whole body.
     Full(Bytes),
+    /// The whole body, in the pieces it arrived in: `wsgi.input.read()` copies them
+    /// straight into the Python object, so they need not be joined first.
+    Pieces(Vec<Bytes>),
     /// Pieces as they arrive; the stream ends when the sender is dropped. `wsgi.input`
     /// waits for them with the GIL released, and never hands out more than
     /// `CONTENT_LENGTH` bytes when the env has one.

@@ -745,6 +745,39 @@ fn handle(
             stopped: false,
         });
     }
+    // A panic (a bug of ours, in this crate or in a method the app called, which pyo3
+    // carries through Python as PanicException and resumes here) ends this request with
+    // a 500 or a cut response, and the thread goes on serving: without this, the thread
+    // would die and every request queued behind it would wait for ever.
+    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        serve(py, app, statics, opts, request, id, &shared);
+    }));
+    if let Err(panic) = served {
+        let what = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        tracing::error!(request_id = id, "the request's handling panicked: {what}");
+        let mut r = lock(&shared);
+        if r.sent() {
+            r.finish(Some(format!("panicked: {what}")));
+        } else {
+            r.send_error(500, "Internal Server Error");
+        }
+    }
+}
+
+/// Calls the app for one request and sends what it answers through `shared`.
+fn serve(
+    py: Python<'_>,
+    app: &Bound<'_, PyAny>,
+    statics: &Statics,
+    opts: &HostOptions,
+    request: WsgiRequest,
+    id: u64,
+    shared: &Shared,
+) {
     let objects = (|| -> PyResult<_> {
         let errors = statics.errors(py, id)?;
         let (environ, content_length) = environ::build(
@@ -770,27 +803,27 @@ fn handle(
     })();
     let (environ, start_response, errors, input) = match objects {
         Ok(o) => o,
-        Err(e) => return fail(py, &shared, id, "building the environ", &e),
+        Err(e) => return fail(py, shared, id, "building the environ", &e),
     };
     let result = app.call1((environ, start_response));
     let iterable = match result {
         Ok(it) if it.is_none() => {
             let err = pyo3::exceptions::PyTypeError::new_err("the application returned None");
-            return fail(py, &shared, id, "the application returned None", &err);
+            return fail(py, shared, id, "the application returned None", &err);
         }
         Ok(it) => it,
         Err(e) if input.get().body_failed() => {
             // The app failed because the client's body was broken: the client's fault.
             tracing::warn!(request_id = id, "the request body could not be read: {e}");
-            lock(&shared).send_error(400, "Bad Request");
+            lock(shared).send_error(400, "Bad Request");
             return;
         }
-        Err(e) => return fail(py, &shared, id, "the application raised", &e),
+        Err(e) => return fail(py, shared, id, "the application raised", &e),
     };
-    stream(py, &iterable, &shared, id);
-    call_close(py, &iterable, &shared, id);
+    stream(py, &iterable, shared, id);
+    call_close(py, &iterable, shared, id);
     errors.get().end_request();
-    let mut r = lock(&shared);
+    let mut r = lock(shared);
     if !r.sent() {
         // Nothing went out (an empty body, or an error already answered).
         match r.send_whole(None, 0) {

@@ -153,6 +153,34 @@ def read_all(environ, start_response):
     return [b"%d %r %r" % (len(data), data[:20], more)]
 
 
+def reads(environ, start_response):
+    """Reads the body as QUERY_STRING says, ops separated by commas: rN is read(N), r
+    read(), lN readline(N), l readline(); answers what each returned, in hex, joined
+    by '|'."""
+    inp = environ["wsgi.input"]
+    out = []
+    for op in environ.get("QUERY_STRING", "").split(","):
+        if op:
+            n = int(op[1:]) if len(op) > 1 else None
+            out.append(inp.read(n) if op[0] == "r" else inp.readline(n))
+    _plain(start_response)
+    return [b"|".join(x.hex().encode() for x in out)]
+
+
+def panics(environ, start_response):
+    """Calls rust_panic, a Rust function that panics, which the test puts in builtins:
+    before start_response, or with ?late in the middle of the body."""
+    if environ.get("QUERY_STRING") == "late":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def body():
+            yield b"first"
+            rust_panic()  # noqa: F821 (a builtin the test adds)
+
+        return body()
+    rust_panic()  # noqa: F821
+
+
 def digest(environ, start_response):
     """Hashes a large body read in 64 KiB pieces."""
     import hashlib

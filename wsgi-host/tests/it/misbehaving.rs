@@ -238,3 +238,32 @@ async fn wait_harakiri(h: &wsgi_host::WsgiHost, n: u64) -> wsgi_host::HostStats 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A Rust function that panics, for the `panics` app (a bug of ours, as the app sees it).
+#[pyo3::pyfunction]
+fn rust_panic() {
+    panic!("a panic for the test");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_bridge_is_a_500_and_the_thread_serves_on() {
+    use pyo3::prelude::*;
+    // One thread: if the panic killed it, the requests after it would wait for ever.
+    let h = host("panics", 1);
+    Python::attach(|py| -> PyResult<()> {
+        let f = wrap_pyfunction!(rust_panic, py)?;
+        py.import("builtins")?.setattr("rust_panic", f)
+    })
+    .unwrap();
+    for _ in 0..2 {
+        let r = tokio::time::timeout(Duration::from_secs(10), get(&h, "/"))
+            .await
+            .expect("answered");
+        assert_eq!(r.head.status, 500);
+        let r = tokio::time::timeout(Duration::from_secs(10), get(&h, "/?late"))
+            .await
+            .expect("answered");
+        assert_eq!((r.head.status, &r.body[..]), (200, &b"first"[..]));
+        assert!(r.aborted.is_some(), "the response is cut, not completed");
+    }
+}
