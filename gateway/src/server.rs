@@ -163,10 +163,16 @@ fn front(o: &Options) -> anyhow::Result<Option<Arc<crate::pass::Pass>>> {
 }
 
 pub(crate) fn host_options(o: &Options) -> HostOptions {
+    let processes = o.processes.unwrap_or(1).max(1);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     HostOptions {
         threads: o.threads.unwrap_or(1).max(1),
-        multiprocess: o.processes.unwrap_or(1) > 1,
+        multiprocess: processes > 1,
         harakiri: o.harakiri.filter(|&s| s > 0).map(Duration::from_secs),
+        // Each process keeps about two cores busy under load (its event loop and the
+        // Python thread holding the GIL): a thread may spin for the next request only
+        // when that leaves a core free for it.
+        spin: processes * 2 <= cores,
         ..HostOptions::default()
     }
 }

@@ -188,6 +188,15 @@ pub struct HostOptions {
     /// Python stack of its thread is logged, and [`HostStats::harakiri`] counts it, so the
     /// process can be retired. Works with any number of threads.
     pub harakiri: Option<std::time::Duration>,
+    /// Whether a thread that finds no request waiting looks for the next one for a
+    /// moment (spinning, then yielding its core) before it sleeps. That saves the
+    /// sender a futex wake and the thread a context switch when requests come a few
+    /// microseconds apart and a core is free for the spinning. When every core is busy
+    /// (the gateway turns it off when its processes outnumber half the cores), the
+    /// spinning takes the core from the threads that would bring the next request:
+    /// measured on 2 cores with 2 processes, hello world 58k requests/s with it and 70k
+    /// without, the box a quarter idle with it.
+    pub spin: bool,
 }
 
 /// What a host has done so far ([`WsgiHost::stats`](crate::WsgiHost::stats)).
@@ -209,6 +218,7 @@ impl Default for HostOptions {
             queue: 1024,
             trusted_proxies: Vec::new(),
             harakiri: None,
+            spin: true,
         }
     }
 }

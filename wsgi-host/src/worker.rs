@@ -51,6 +51,8 @@ struct JobQueue {
     /// briefly before it sleeps).
     queued: AtomicUsize,
     capacity: usize,
+    /// [`HostOptions::spin`].
+    spin: bool,
 }
 
 struct QueueState {
@@ -87,7 +89,7 @@ impl QueueState {
 }
 
 impl JobQueue {
-    fn new(capacity: usize, threads: usize) -> Self {
+    fn new(capacity: usize, threads: usize, spin: bool) -> Self {
         Self {
             state: Mutex::new(QueueState {
                 jobs: std::collections::VecDeque::with_capacity(capacity.min(1024)),
@@ -100,6 +102,7 @@ impl JobQueue {
             wake: (0..threads).map(|_| std::sync::Condvar::new()).collect(),
             queued: AtomicUsize::new(0),
             capacity,
+            spin,
         }
     }
 
@@ -189,15 +192,18 @@ impl JobQueue {
             } else {
                 // Requests come in bursts a few microseconds apart: look for the next
                 // one for a moment (spinning, then yielding the core) before sleeping,
-                // which costs the sender a futex wake and this thread a context switch.
-                drop(s);
-                let backoff = crossbeam_utils::Backoff::new();
-                while !backoff.is_completed() && self.queued.load(Ordering::Relaxed) == 0 {
-                    backoff.snooze();
-                }
-                s = self.lock();
-                if !s.jobs.is_empty() || s.closed {
-                    continue;
+                // which costs the sender a futex wake and this thread a context switch
+                // (when a core is free for it: HostOptions::spin).
+                if self.spin {
+                    drop(s);
+                    let backoff = crossbeam_utils::Backoff::new();
+                    while !backoff.is_completed() && self.queued.load(Ordering::Relaxed) == 0 {
+                        backoff.snooze();
+                    }
+                    s = self.lock();
+                    if !s.jobs.is_empty() || s.closed {
+                        continue;
+                    }
                 }
                 s.idle.push(me);
                 while s.idle.contains(&me) && !s.closed {
@@ -526,7 +532,11 @@ impl WsgiHost {
     /// Serves an application object the caller already has (the interpreter must be
     /// initialized).
     pub fn from_callable(app: Py<PyAny>, opts: HostOptions) -> Self {
-        let queue = Arc::new(JobQueue::new(opts.queue.max(1), opts.threads.max(1)));
+        let queue = Arc::new(JobQueue::new(
+            opts.queue.max(1),
+            opts.threads.max(1),
+            opts.spin,
+        ));
         let opts = Arc::new(opts);
         let app = Arc::new(app);
         let watch = Arc::new(Watch {

@@ -227,3 +227,37 @@ async fn consecutive_environs_share_nothing_stale() {
         "the first request's values again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_that_sleep_without_spinning_first_serve_every_request() {
+    // `spin: false`: a thread that finds the queue empty goes to sleep at once, so every
+    // request after a pause must wake one.
+    let spec = wsgi_host::AppSpec::wsgi_file(crate::support::apps_dir().join("basic.py"))
+        .callable("hello");
+    let h = wsgi_host::WsgiHost::start(
+        &spec,
+        wsgi_host::HostOptions {
+            threads: 2,
+            spin: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let burst: Vec<_> = (0..200)
+        .map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move { get(&h, "/").await })
+        })
+        .collect();
+    for task in burst {
+        assert_eq!(task.await.unwrap().head.status, 200);
+    }
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let r = tokio::time::timeout(std::time::Duration::from_secs(10), get(&h, "/"))
+            .await
+            .expect("a sleeping thread was woken");
+        assert_eq!(r.head.status, 200);
+    }
+    assert_eq!(h.stats().requests, 220);
+}
