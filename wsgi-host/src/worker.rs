@@ -391,10 +391,7 @@ impl Admission {
             if i == me {
                 continue;
             }
-            let Some((id, since, cpu_since)) = lock_slot(slot)
-                .as_ref()
-                .map(|b| (b.id, b.since, b.cpu_since))
-            else {
+            let Some((id, since)) = lock_slot(slot).as_ref().map(|b| (b.id, b.since)) else {
                 self.seen[i] = None;
                 continue;
             };
@@ -405,24 +402,24 @@ impl Admission {
             let Some(cpu) = slot.cpu_clock.get().and_then(|&c| cpu_time(c)) else {
                 continue;
             };
-            // The CPU time and wall time since the last look at this request, or since
-            // it started.
-            let (seen_cpu, at) = match (self.seen[i], cpu_since) {
-                (Some((seen_id, seen_cpu, at)), _) if seen_id == id => (seen_cpu, at),
-                (_, Some(c)) => (c, since),
-                (_, None) => {
+            // Reading the CPU clock when each request starts would cost the serving
+            // thread a system call per request: a request is judged at the second look.
+            match self.seen[i] {
+                Some((seen_id, seen_cpu, at)) if seen_id == id => {
+                    let wall = now.duration_since(at);
+                    if wall < Self::WATCH {
+                        return self.wait();
+                    }
+                    if cpu.saturating_sub(seen_cpu) * 2 >= wall {
+                        // Running: watch it afresh.
+                        self.seen[i] = Some((id, cpu, now));
+                        return self.wait();
+                    }
+                }
+                _ => {
                     self.seen[i] = Some((id, cpu, now));
                     return self.wait();
                 }
-            };
-            let wall = now.duration_since(at);
-            if wall < Self::WATCH {
-                return self.wait();
-            }
-            if cpu.saturating_sub(seen_cpu) * 2 >= wall {
-                // Running: watch it afresh.
-                self.seen[i] = Some((id, cpu, now));
-                return self.wait();
             }
             // Waiting: this one does not hold us back.
         }
@@ -447,8 +444,6 @@ impl Admission {
 struct Busy {
     id: u64,
     since: Instant,
-    /// The thread's CPU time when the request started (see [`Admission`]).
-    cpu_since: Option<Duration>,
     shared: Shared,
     stopped: bool,
 }
@@ -781,11 +776,9 @@ fn handle(
     let Job { request, id, reply } = job;
     let shared = Responder::new(reply, capacity);
     if let Some(slot) = slot {
-        let cpu_since = slot.cpu_clock.get().and_then(|&c| cpu_time(c));
         *lock_slot(slot) = Some(Busy {
             id,
             since: Instant::now(),
-            cpu_since,
             shared: shared.clone(),
             stopped: false,
         });
