@@ -1,20 +1,21 @@
 //! `wsgi.input`: the request body as a Python file-like object implemented in Rust.
 
-use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use bytes::{Buf, Bytes, BytesMut};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use smallvec::SmallVec;
 use tokio::sync::mpsc;
 
 use crate::{BodyError, RequestBody};
 
 enum Source {
     Done,
-    /// The body held whole, in the pieces still to read.
-    Held(VecDeque<Bytes>),
+    /// The body held whole: the pieces still to read, the next one last (a body in one
+    /// piece needs no allocation).
+    Held(SmallVec<[Bytes; 1]>),
     Stream(mpsc::Receiver<Result<Bytes, BodyError>>),
     /// Another thread is waiting on the stream.
     Busy,
@@ -44,8 +45,11 @@ impl WsgiInput {
     pub(crate) fn new(body: RequestBody, content_length: Option<u64>) -> Self {
         let source = match body {
             RequestBody::Empty => Source::Done,
-            RequestBody::Full(b) => Source::Held(VecDeque::from([b])),
-            RequestBody::Pieces(v) => Source::Held(v.into()),
+            RequestBody::Full(b) => Source::Held(smallvec::smallvec![b]),
+            RequestBody::Pieces(mut v) => {
+                v.reverse();
+                Source::Held(SmallVec::from_vec(v))
+            }
             RequestBody::Stream(rx) => Source::Stream(rx),
         };
         Self {
@@ -79,7 +83,7 @@ impl WsgiInput {
                 ));
             }
             Source::Held(mut pieces) => {
-                let piece = pieces.pop_front();
+                let piece = pieces.pop();
                 if !pieces.is_empty() {
                     st.source = Source::Held(pieces);
                 } else {
@@ -186,7 +190,7 @@ impl WsgiInput {
             let (head, mut rest) = dst.split_at_mut(buf.len());
             head.copy_from_slice(buf);
             while !rest.is_empty() {
-                let Some(mut piece) = pieces.pop_front() else {
+                let Some(mut piece) = pieces.pop() else {
                     break; // not reached: `held` counted these bytes
                 };
                 let k = rest.len().min(piece.len());
@@ -195,7 +199,7 @@ impl WsgiInput {
                 rest = later;
                 piece.advance(k);
                 if !piece.is_empty() {
-                    pieces.push_front(piece);
+                    pieces.push(piece);
                 }
             }
             Ok(())

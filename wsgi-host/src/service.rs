@@ -192,7 +192,7 @@ impl WsgiService {
                 });
                 // Kept in the pieces it came in: `wsgi.input` copies them into the
                 // Python object without joining them here first.
-                let mut pieces = Vec::new();
+                let mut pieces: smallvec::SmallVec<[Bytes; 1]> = smallvec::SmallVec::new();
                 loop {
                     match (&mut next_frame).await {
                         None => break,
@@ -206,10 +206,12 @@ impl WsgiService {
                         Some(Err(_)) => return Ok(plain(400, "Bad Request\n")),
                     }
                 }
+                // One piece (the common case) is kept without an allocation; more have
+                // spilled to the heap already, which `into_vec` keeps.
                 match pieces.len() {
                     0 => RequestBody::Empty,
                     1 => RequestBody::Full(pieces.swap_remove(0)),
-                    _ => RequestBody::Pieces(pieces),
+                    _ => RequestBody::Pieces(pieces.into_vec()),
                 }
             } else {
                 let (tx, rx) = RequestBody::channel(4);

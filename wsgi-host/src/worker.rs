@@ -730,9 +730,14 @@ fn worker(app: &Py<PyAny>, queue: &JobQueue, opts: &HostOptions, watch: &Watch, 
 /// Logs an application error and answers 500, or cuts the response if the headers went out.
 fn fail(py: Python<'_>, shared: &Shared, id: u64, what: &str, err: &PyErr) {
     tracing::error!(request_id = id, "{what}:\n{}", traceback(py, err));
+    fail_response(shared, || format!("{what}: {err}"));
+}
+
+/// Answers 500, or cuts the response with `why` if the headers went out.
+fn fail_response(shared: &Shared, why: impl FnOnce() -> String) {
     let mut r = lock(shared);
     if r.sent() {
-        r.finish(Some(format!("{what}: {err}")));
+        r.finish(Some(why()));
     } else {
         r.send_error(500, "Internal Server Error");
     }
@@ -797,12 +802,7 @@ fn handle(
             .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
             .unwrap_or("(no message)");
         tracing::error!(request_id = id, "the request's handling panicked: {what}");
-        let mut r = lock(&shared);
-        if r.sent() {
-            r.finish(Some(format!("panicked: {what}")));
-        } else {
-            r.send_error(500, "Internal Server Error");
-        }
+        fail_response(&shared, || format!("panicked: {what}"));
     }
 }
 

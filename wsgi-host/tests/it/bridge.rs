@@ -232,17 +232,14 @@ async fn consecutive_environs_share_nothing_stale() {
 async fn threads_that_sleep_without_spinning_first_serve_every_request() {
     // `spin: false`: a thread that finds the queue empty goes to sleep at once, so every
     // request after a pause must wake one.
-    let spec = wsgi_host::AppSpec::wsgi_file(crate::support::apps_dir().join("basic.py"))
-        .callable("hello");
-    let h = wsgi_host::WsgiHost::start(
-        &spec,
+    let h = crate::support::host_with(
+        "hello",
         wsgi_host::HostOptions {
             threads: 2,
             spin: false,
             ..Default::default()
         },
-    )
-    .unwrap();
+    );
     let burst: Vec<_> = (0..200)
         .map(|_| {
             let h = h.clone();

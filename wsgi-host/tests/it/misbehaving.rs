@@ -181,17 +181,14 @@ async fn a_client_going_away_stops_the_iteration_and_close_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn harakiri_answers_504_from_rust_while_the_other_threads_serve() {
-    let spec = wsgi_host::AppSpec::wsgi_file(crate::support::apps_dir().join("basic.py"))
-        .callable("misbehave");
-    let h = wsgi_host::WsgiHost::start(
-        &spec,
+    let h = crate::support::host_with(
+        "misbehave",
         wsgi_host::HostOptions {
             threads: 3,
             harakiri: Some(Duration::from_millis(800)),
             ..Default::default()
         },
-    )
-    .unwrap();
+    );
     // One thread sleeps (GIL released), one spins in Python (GIL held but switched).
     let started = Instant::now();
     let sleeper = {

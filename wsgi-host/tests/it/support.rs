@@ -18,15 +18,19 @@ pub(crate) fn apps_dir() -> std::path::PathBuf {
 
 /// A host running `callable` from `tests/apps/basic.py` on `threads` threads.
 pub(crate) fn host(callable: &str, threads: usize) -> WsgiHost {
-    let spec = AppSpec::wsgi_file(apps_dir().join("basic.py")).callable(callable);
-    WsgiHost::start(
-        &spec,
+    host_with(
+        callable,
         HostOptions {
             threads,
             ..HostOptions::default()
         },
     )
-    .unwrap_or_else(|e| panic!("loading {callable}: {e}"))
+}
+
+/// A host running `callable` from `tests/apps/basic.py` with `opts`.
+pub(crate) fn host_with(callable: &str, opts: HostOptions) -> WsgiHost {
+    let spec = AppSpec::wsgi_file(apps_dir().join("basic.py")).callable(callable);
+    WsgiHost::start(&spec, opts).unwrap_or_else(|e| panic!("loading {callable}: {e}"))
 }
 
 #[derive(Debug)]
