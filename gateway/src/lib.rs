@@ -26,4 +26,4 @@ pub mod site;
 pub mod spool;
 pub mod upstream;
 
-pub use server::{build_runtime, run, single_process_threads};
+pub use server::{build_runtime, run, single_process_runtime};

@@ -62,7 +62,8 @@ fn main() -> ExitCode {
             }
         };
     }
-    let runtime = match gateway::build_runtime(gateway::single_process_threads(&options)) {
+    let (threads, python) = gateway::single_process_runtime(&options);
+    let runtime = match gateway::build_runtime(threads, python) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

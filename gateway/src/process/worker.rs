@@ -117,8 +117,10 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
     };
     // This thread stays in `block_on` (below) while the worker serves, so a current-thread
     // runtime is driven the whole time.
-    let runtime =
-        crate::server::build_runtime(crate::server::runtime_threads(processes, host.is_some()))?;
+    let runtime = crate::server::build_runtime(
+        crate::server::runtime_threads(processes, host.is_some()),
+        host.is_some(),
+    )?;
     let stack = {
         let _runtime = runtime.enter(); // for the site's background tasks
         Stack::new(o, host)?
