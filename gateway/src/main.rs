@@ -11,6 +11,8 @@ fn main() -> ExitCode {
     // Python's larger objects come from glibc: keep its heaps from shrinking and growing
     // back at every request (see `tune_libc_malloc`).
     gateway::alloc::tune_libc_malloc();
+    // And mimalloc gives freed memory back at once (see `tune_mimalloc`).
+    gateway::alloc::tune_mimalloc();
     let (options, warnings) = match gateway::config::parse(std::env::args()) {
         Ok(parsed) => parsed,
         Err(e) => {
