@@ -147,11 +147,14 @@ fn set_libc_heaps(_most: i32) -> bool {
 const MI_OPTION_PURGE_DELAY: mi::mi_option_t = 15;
 
 /// Has mimalloc give memory that fell free back to the kernel at once instead of after
-/// its default delay (1 s in mimalloc 3, and only at a later call into it). The 64 KiB
-/// echo's bodies and read buffers leave such memory behind every time a burst ends:
-/// 21.6 -> 19.8 MB resident after it; hello world, the 1 MiB stream and the Django pages
-/// 0.3-0.6 MB less, their requests/s and CPU per request unchanged within the spread of
-/// alternating runs. `MIMALLOC_PURGE_DELAY` in the environment (mimalloc's own knob)
+/// its default delay (1 s in mimalloc 3, and only at a later call into it): for a process
+/// that runs Python, whose resident memory is weighed against uWSGI's. The 64 KiB echo's
+/// bodies and read buffers leave such memory behind every time a burst ends: about 22.9
+/// -> 20.6-20.9 MB resident after a run; hello world, the 1 MiB stream and the Django
+/// pages 0.3-0.6 MB less, their requests/s and CPU per request unchanged within the
+/// spread of alternating runs. Not for the front (no Python): its 1 MiB static files
+/// took about 10 % more CPU per request with it (freed 64 KiB blocks given back and
+/// faulted in again). `MIMALLOC_PURGE_DELAY` in the environment (mimalloc's own knob)
 /// leaves mimalloc as it sets it. Returns whether it set the option.
 pub fn tune_mimalloc() -> bool {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {

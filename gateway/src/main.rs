@@ -11,8 +11,6 @@ fn main() -> ExitCode {
     // Python's larger objects come from glibc: keep its heaps from shrinking and growing
     // back at every request (see `tune_libc_malloc`).
     gateway::alloc::tune_libc_malloc();
-    // And mimalloc gives freed memory back at once (see `tune_mimalloc`).
-    gateway::alloc::tune_mimalloc();
     let (options, warnings) = match gateway::config::parse(std::env::args()) {
         Ok(parsed) => parsed,
         Err(e) => {
@@ -65,6 +63,11 @@ fn main() -> ExitCode {
         };
     }
     let (threads, python) = gateway::single_process_runtime(&options);
+    if python {
+        // An app server gives the memory its requests freed back at once (see
+        // `tune_mimalloc`); a worker under a master does the same when it starts.
+        gateway::alloc::tune_mimalloc();
+    }
     let runtime = match gateway::build_runtime(threads, python) {
         Ok(rt) => rt,
         Err(e) => {

@@ -108,6 +108,9 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
         }
         None => None,
     };
+    if host.is_some() {
+        crate::alloc::tune_mimalloc();
+    }
     // The cores are shared by the workers: a runtime thread per core each would have
     // 2N threads fight for N cores.
     let processes = if front {
