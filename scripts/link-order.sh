@@ -9,12 +9,19 @@
 #   bash scripts/link-order.sh        # needs valgrind, wrk and curl
 #   KEEP=DIR bash scripts/link-order.sh   # also keeps callgrind's profiles in DIR
 #
-# Run it after large changes (new hot paths) or a toolchain update; a stale file only
-# leaves the functions it no longer names in the linker's own order. The jobs, each under
-# callgrind on loopback and unix sockets in a temp dir: --http-socket with hello world,
-# a 64 KiB POST echo, a 1 MiB stream, chunked and HEAD requests, started from an ini
-# file; a master with two workers serving the Django test site; a front (--nginx-conf)
-# with a static file, `return` and uwsgi_pass to a worker on --socket.
+# Run it after large changes (new hot paths), a toolchain update, or any change to the
+# dependencies or their features: that changes the gateway crate's metadata and so the
+# hashes in the names of the generic functions it instantiates (turning on one feature of
+# libmimalloc-sys renamed 448 of 1,278). A stale file only leaves the functions it no
+# longer names in the linker's own order. To check it against a build:
+#   cargo build --release -p gateway
+#   comm -23 <(sort -u gateway/link-order.txt) \
+#     <(nm --defined-only target/release/gateway | awk '{print $3}' | sort -u) | wc -l
+# The jobs, each under callgrind on loopback and unix sockets in a temp dir:
+# --http-socket with hello world, a 64 KiB POST echo, a 1 MiB stream, chunked and HEAD
+# requests, started from an ini file; a master with two workers serving the Django test
+# site; a front (--nginx-conf) with a static file, `return` and uwsgi_pass to a worker on
+# --socket.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is missing (apt-get install valgrind)"; exit 1; }
