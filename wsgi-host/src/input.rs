@@ -186,17 +186,18 @@ impl WsgiInput {
             return Ok(None);
         }
         let from_pieces = n - buf.len();
-        let out = PyBytes::new_with(py, n, |dst| {
-            let (head, mut rest) = dst.split_at_mut(buf.len());
-            head.copy_from_slice(buf);
-            while !rest.is_empty() {
+        // The writer's buffer starts uninitialised (`new_with` would zero all `n` bytes
+        // first: a pass over the body as long as the copy itself).
+        let out = PyBytes::new_with_writer(py, n, |dst| {
+            dst.write_bytes(buf)?;
+            let mut rest = from_pieces;
+            while rest > 0 {
                 let Some(mut piece) = pieces.pop() else {
                     break; // not reached: `held` counted these bytes
                 };
-                let k = rest.len().min(piece.len());
-                let (now, later) = rest.split_at_mut(k);
-                now.copy_from_slice(&piece[..k]);
-                rest = later;
+                let k = rest.min(piece.len());
+                dst.write_bytes(&piece[..k])?;
+                rest -= k;
                 piece.advance(k);
                 if !piece.is_empty() {
                     pieces.push(piece);
