@@ -68,6 +68,8 @@ fn main() -> ExitCode {
         // `tune_mimalloc`); a worker under a master does the same when it starts.
         gateway::alloc::tune_mimalloc();
     }
+    // Before the runtime's and Python's threads, which inherit it.
+    gateway::process::bind_cores(&options, 1, python);
     let runtime = match gateway::build_runtime(threads, python) {
         Ok(rt) => rt,
         Err(e) => {

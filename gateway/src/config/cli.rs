@@ -97,6 +97,11 @@ pub struct Options {
     /// Accepted for uWSGI compatibility (Python threads are always enabled).
     #[arg(long)]
     pub enable_threads: bool,
+    /// Bind each worker to N cores, taken in turn as uWSGI does (0: never bind). Without
+    /// it, a worker that runs Python is bound to one core when the workers cannot have two
+    /// cores each.
+    #[arg(long, value_name = "N")]
+    pub cpu_affinity: Option<usize>,
 
     /// The largest uwsgi vars block accepted (default 65535, the protocol's maximum).
     #[arg(long, short = 'b', value_name = "BYTES", default_value_t = 65535)]

@@ -18,6 +18,7 @@
 //! and passes the sockets by number; the old workers serve until the new ones are ready),
 //! and stops gracefully on SIGTERM/SIGINT.
 
+mod affinity;
 mod balance;
 mod master;
 mod sys;
@@ -35,6 +36,35 @@ pub fn wants_master(o: &Options) -> bool {
         || o.reload_on_rss.is_some_and(|r| r > 0)
         || o.py_autoreload.is_some_and(|n| n > 0)
         || o.stats.is_some()
+}
+
+/// Binds this process, worker `id` (1-based; the one-process server is worker 1), to its
+/// cores: `--cpu-affinity N`, or by default one core when it runs Python (`python`) and
+/// the workers cannot have two cores each (see the `affinity` module for why). Call it
+/// before any other thread starts: threads started later inherit the binding.
+pub fn bind_cores(o: &Options, id: usize, python: bool) {
+    let processes = o.processes.unwrap_or(1).max(1);
+    let usable = std::thread::available_parallelism().map_or(1, usize::from);
+    let allowed = match affinity::allowed() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!("worker {id}: reading the cpu affinity: {e}");
+            return;
+        }
+    };
+    let Some(cores) = affinity::plan(id, processes, o.cpu_affinity, python, &allowed, usable)
+    else {
+        return;
+    };
+    let list = cores
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    match affinity::bind(&cores) {
+        Ok(()) => tracing::info!("worker {id} bound to cpu(s) {list}"),
+        Err(e) => tracing::warn!("worker {id}: binding to cpu(s) {list}: {e}"),
+    }
 }
 
 /// Runs the master and its workers until SIGTERM/SIGINT (SIGHUP reloads). Call it from

@@ -86,6 +86,12 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
         return Ok(());
     }
     sys::install_wake_handler()?;
+    // Before any thread starts: the runtime's and Python's inherit the binding.
+    super::bind_cores(
+        o,
+        id,
+        app.is_some() || (!front && crate::server::needs_app(o)),
+    );
     let report = Arc::new(std::sync::Mutex::new(report));
     let send = {
         move |line: &str| {

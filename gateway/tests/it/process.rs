@@ -468,6 +468,130 @@ fn an_idle_request_wakes_one_worker_and_stats_show_it() {
     );
 }
 
+/// The cores a task may run on, from `Cpus_allowed_list` (such as `0-2,5`).
+fn cpus_allowed(status: &str) -> Vec<usize> {
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim();
+    list.split(',')
+        .flat_map(|r| {
+            let (a, b) = r.split_once('-').unwrap_or((r, r));
+            a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()
+        })
+        .collect()
+}
+
+/// `(worker id, the cores each of its threads may run on)` for every worker.
+fn worker_cores(st: SocketAddr) -> Vec<(u64, Vec<Vec<usize>>)> {
+    stats(st)["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            let pid = w["pid"].as_u64().unwrap();
+            let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .map(|t| {
+                    let status = std::fs::read_to_string(t.unwrap().path().join("status"));
+                    cpus_allowed(&status.unwrap())
+                })
+                .collect();
+            (w["id"].as_u64().unwrap(), threads)
+        })
+        .collect()
+}
+
+#[test]
+fn cpu_affinity_binds_every_thread_of_each_worker_to_cores_in_turn() {
+    let mine = cpus_allowed(&std::fs::read_to_string("/proc/self/status").unwrap());
+    let dir = testkit::temp_dir();
+    let (addr, st) = (local(), local());
+    let gw = start(
+        dir.path(),
+        addr,
+        &[
+            "--processes",
+            "3",
+            "--threads",
+            "2",
+            "--cpu-affinity",
+            "1",
+            "--stats",
+            &st.to_string(),
+        ],
+    );
+    assert_eq!(get(addr, "/").unwrap().0, 200);
+    let workers = worker_cores(st);
+    assert_eq!(workers.len(), 3);
+    for (id, threads) in &workers {
+        let want = vec![mine[(*id as usize - 1) % mine.len()]];
+        // The runtime's, Python's, the accept and report threads: all started after
+        // the binding.
+        assert!(threads.len() >= 4, "worker {id}: {threads:?}");
+        assert!(
+            threads.iter().all(|t| *t == want),
+            "worker {id}: {threads:?}, want {want:?}"
+        );
+    }
+    assert!(
+        gw.log().contains("worker 3 bound to cpu(s)"),
+        "{}",
+        gw.log()
+    );
+    drop(gw);
+
+    // `--cpu-affinity 0`: every worker may run on every core of ours.
+    let (addr, st) = (local(), local());
+    let _gw = start(
+        dir.path(),
+        addr,
+        &[
+            "--processes",
+            "2",
+            "--cpu-affinity",
+            "0",
+            "--stats",
+            &st.to_string(),
+        ],
+    );
+    for (id, threads) in worker_cores(st) {
+        assert!(
+            threads.iter().all(|t| *t == mine),
+            "worker {id}: {threads:?}"
+        );
+    }
+}
+
+#[test]
+fn by_default_workers_short_of_two_cores_each_are_bound_one_core_each() {
+    let mine = cpus_allowed(&std::fs::read_to_string("/proc/self/status").unwrap());
+    let usable = std::thread::available_parallelism().map_or(1, usize::from);
+    // As many workers as cores (at least 2): each cannot have two.
+    let n = mine.len().max(2);
+    let dir = testkit::temp_dir();
+    let (addr, st) = (local(), local());
+    let _gw = start(
+        dir.path(),
+        addr,
+        &["--processes", &n.to_string(), "--stats", &st.to_string()],
+    );
+    let workers = worker_cores(st);
+    assert_eq!(workers.len(), n);
+    for (id, threads) in workers {
+        let want = if usable < mine.len() {
+            mine.clone() // a CPU quota below the CPU set: not bound
+        } else {
+            vec![mine[(id as usize - 1) % mine.len()]]
+        };
+        assert!(
+            threads.iter().all(|t| *t == want),
+            "worker {id}: {threads:?}, want {want:?}"
+        );
+    }
+}
+
 #[test]
 fn keep_alive_connections_spread_across_workers() {
     let dir = testkit::temp_dir();
