@@ -178,7 +178,8 @@ where
 }
 
 /// An nginx.conf's main context, for what the command line did not say: `worker_processes`
-/// (`--processes`; `auto` is one per core), `pid` (`--pidfile`), `user USER [GROUP]`
+/// (`--processes`; `auto` is one per core), `worker_cpu_affinity auto` (`--cpu-affinity 1`),
+/// `pid` (`--pidfile`), `user USER [GROUP]`
 /// (`--uid`/`--gid`) and `error_log FILE` (`--logto`; `stderr` keeps the log there).
 /// A file that cannot be read is reported later, with the rest of the site.
 fn nginx_main(o: &mut Options, warnings: &mut Vec<String>) {
@@ -201,6 +202,17 @@ fn nginx_main(o: &mut Options, warnings: &mut Vec<String>) {
                     },
                 };
                 o.processes = Some(n);
+            }
+            ("worker_cpu_affinity", Some(a)) if o.cpu_affinity.is_none() => {
+                if a == "auto" && d.args.len() == 1 {
+                    o.cpu_affinity = Some(1);
+                } else {
+                    warnings.push(format!(
+                        "{}: worker_cpu_affinity with CPU masks is not supported (ignored): \
+                         \"auto\" is, or --cpu-affinity N",
+                        d.at()
+                    ));
+                }
             }
             ("pid", Some(p)) if o.pidfile.is_none() && p != "off" => o.pidfile = Some(p.into()),
             ("user", Some(u)) if o.uid.is_none() => {
@@ -350,5 +362,56 @@ mod tests {
             (o.post_buffering, o.post_read_ahead),
             (wsgi_host::DEFAULT_POST_BUFFERING, Some(0))
         );
+    }
+
+    #[test]
+    fn cpu_affinity_from_the_command_line_an_ini_file_and_nginx_conf() {
+        let dir = std::env::temp_dir().join(format!("gw-affinity-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (o, _) = parse(["gateway", "--http-socket", ":9000", "--cpu-affinity", "2"]).unwrap();
+        assert_eq!(o.cpu_affinity, Some(2));
+        let ini = dir.join("app.ini");
+        std::fs::write(&ini, "[uwsgi]\nhttp-socket = :9000\ncpu-affinity = 1\n").unwrap();
+        let (o, _) = parse(["gateway", "--ini", ini.to_str().unwrap()]).unwrap();
+        assert_eq!(o.cpu_affinity, Some(1));
+
+        let conf = dir.join("nginx.conf");
+        let site = "http { server { listen 127.0.0.1:9000; return 200; } }\n";
+        std::fs::write(
+            &conf,
+            format!("worker_processes 2;\nworker_cpu_affinity auto;\n{site}"),
+        )
+        .unwrap();
+        let (o, warnings) = parse(["gateway", "--nginx-conf", conf.to_str().unwrap()]).unwrap();
+        assert_eq!(
+            (o.processes, o.cpu_affinity),
+            (Some(2), Some(1)),
+            "{warnings:?}"
+        );
+        // The command line wins.
+        let args = [
+            "gateway",
+            "--nginx-conf",
+            conf.to_str().unwrap(),
+            "--cpu-affinity",
+            "0",
+        ];
+        let (o, _) = parse(args).unwrap();
+        assert_eq!(o.cpu_affinity, Some(0));
+        // Masks: a warning naming the line, not a binding.
+        std::fs::write(
+            &conf,
+            format!("worker_processes 2;\nworker_cpu_affinity 01 10;\n{site}"),
+        )
+        .unwrap();
+        let (o, warnings) = parse(["gateway", "--nginx-conf", conf.to_str().unwrap()]).unwrap();
+        assert_eq!(o.cpu_affinity, None);
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("nginx.conf:2: worker_cpu_affinity with CPU masks")),
+            "{warnings:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1019,7 +1019,7 @@ impl Site {
             match d.name.as_str() {
                 "http" => http_level.extend(d.block.as_deref().unwrap_or_default()),
                 // The main context: read into the options (`config::parse`).
-                "worker_processes" | "pid" | "user" | "error_log" => {}
+                "worker_processes" | "worker_cpu_affinity" | "pid" | "user" | "error_log" => {}
                 "events" => {
                     for x in d.block.as_deref().unwrap_or_default() {
                         reader.harmless(x)?;

@@ -650,8 +650,9 @@ fn fastcgi_keep_conn_with_keepalive_reuses_connections_to_flup() {
     assert!(!gw.log().contains("ERROR"), "{}", gw.log());
 }
 
-/// A whole nginx.conf: the main context's `worker_processes`, `pid` and `error_log` are
-/// the gateway's processes, pid file and log; `events {}` is accepted.
+/// A whole nginx.conf: the main context's `worker_processes`, `worker_cpu_affinity auto`,
+/// `pid` and `error_log` are the gateway's processes, their binding to cores, pid file and
+/// log; `events {}` is accepted.
 #[test]
 fn a_whole_nginx_conf_sets_processes_pid_file_and_log() {
     let dir = testkit::temp_dir();
@@ -662,7 +663,7 @@ fn a_whole_nginx_conf_sets_processes_pid_file_and_log() {
     std::fs::write(
         d.join("nginx.conf"),
         format!(
-            "worker_processes 2;\npid {};\nerror_log {} info;\n\
+            "worker_processes 2;\nworker_cpu_affinity auto;\npid {};\nerror_log {} info;\n\
              events {{ worker_connections 256; }}\n\
              http {{\n  include mime.types;\n  sendfile on;\n  keepalive_timeout 65;\n\
              \x20 server {{ listen {addr}; location = /who {{ return 200 \"$pid\"; }} }}\n}}\n",
@@ -710,4 +711,5 @@ fn a_whole_nginx_conf_sets_processes_pid_file_and_log() {
     assert!(!pids.contains(&master.to_string()));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains("worker_processes\" is not used"), "{text}");
+    assert!(text.contains("worker 2 bound to cpu(s)"), "{text}");
 }
