@@ -175,6 +175,14 @@ fn front(o: &Options) -> anyhow::Result<Option<Arc<crate::pass::Pass>>> {
     )))
 }
 
+/// Whether `processes` processes that run Python can have two of `cores` cores each: each
+/// keeps about two busy under load (its event loop and the Python thread holding the GIL).
+/// When they can, an idle Python thread may spin (`HostOptions::spin`); when they cannot,
+/// the workers are bound to one core each (`process::bind_cores`).
+pub(crate) fn two_cores_each(processes: usize, cores: usize) -> bool {
+    processes * 2 <= cores
+}
+
 pub(crate) fn host_options(o: &Options) -> HostOptions {
     let processes = o.processes.unwrap_or(1).max(1);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -182,10 +190,8 @@ pub(crate) fn host_options(o: &Options) -> HostOptions {
         threads: o.threads.unwrap_or(1).max(1),
         multiprocess: processes > 1,
         harakiri: o.harakiri.filter(|&s| s > 0).map(Duration::from_secs),
-        // Each process keeps about two cores busy under load (its event loop and the
-        // Python thread holding the GIL): a thread may spin for the next request only
-        // when that leaves a core free for it.
-        spin: processes * 2 <= cores,
+        // A thread may spin for the next request only when that leaves a core free for it.
+        spin: two_cores_each(processes, cores),
         ..HostOptions::default()
     }
 }

@@ -11,10 +11,11 @@
 //! hello world at 2 workers 86–94k → 104–113k requests/s, at 4 workers 74–79k → 89–95k;
 //! the Django page at 4 workers the same requests/s with p99 11.2–12.1 → 6.0–8.0 ms.
 //!
-//! So the default binds exactly when each worker cannot have two cores (the rule that also
-//! turns off spinning, `HostOptions::spin`), and only when the process may use every core
-//! it is allowed on: under a cgroup CPU quota smaller than its CPU set the cores are
-//! shared with others, and binding would crowd every such process onto the first ones.
+//! So the default binds exactly when each worker cannot have two cores
+//! (`server::two_cores_each`, the rule that also turns off spinning), and only when the
+//! process may use every core it is allowed on: under a cgroup CPU quota smaller than its
+//! CPU set the cores are shared with others, and binding would crowd every such process
+//! onto the first ones.
 
 use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
 use nix::unistd::Pid;
@@ -42,7 +43,7 @@ pub(crate) fn plan(
         Some(0) => return None,
         Some(n) => n.min(allowed.len()),
         None => {
-            let two_each = processes * 2 <= allowed.len();
+            let two_each = crate::server::two_cores_each(processes, allowed.len());
             if !python || processes < 2 || two_each || usable < allowed.len() {
                 return None;
             }

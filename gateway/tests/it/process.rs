@@ -483,6 +483,11 @@ fn cpus_allowed(status: &str) -> Vec<usize> {
         .collect()
 }
 
+/// The cores this test may run on (and so a gateway it starts).
+fn my_cpus() -> Vec<usize> {
+    cpus_allowed(&std::fs::read_to_string("/proc/self/status").unwrap())
+}
+
 /// `(worker id, the cores each of its threads may run on)` for every worker.
 fn worker_cores(st: SocketAddr) -> Vec<(u64, Vec<Vec<usize>>)> {
     stats(st)["workers"]
@@ -505,7 +510,7 @@ fn worker_cores(st: SocketAddr) -> Vec<(u64, Vec<Vec<usize>>)> {
 
 #[test]
 fn cpu_affinity_binds_every_thread_of_each_worker_to_cores_in_turn() {
-    let mine = cpus_allowed(&std::fs::read_to_string("/proc/self/status").unwrap());
+    let mine = my_cpus();
     let dir = testkit::temp_dir();
     let (addr, st) = (local(), local());
     let gw = start(
@@ -566,7 +571,7 @@ fn cpu_affinity_binds_every_thread_of_each_worker_to_cores_in_turn() {
 
 #[test]
 fn by_default_workers_short_of_two_cores_each_are_bound_one_core_each() {
-    let mine = cpus_allowed(&std::fs::read_to_string("/proc/self/status").unwrap());
+    let mine = my_cpus();
     let usable = std::thread::available_parallelism().map_or(1, usize::from);
     // As many workers as cores (at least 2): each cannot have two.
     let n = mine.len().max(2);
