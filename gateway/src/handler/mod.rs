@@ -1,6 +1,7 @@
 //! Request handlers: static files (the WSGI handler is `wsgi_host::WsgiService`).
 
 pub mod body;
+mod file_cache;
 pub mod static_files;
 
 pub use body::Body;

@@ -8,21 +8,23 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
-use super::Body;
+use super::{Body, file_cache};
 
 /// How long an opened root directory is used before it is opened again by its path: a
 /// root that is a symlink switched to a new release (or a directory recreated) is
 /// followed within this time, and a request costs two system calls fewer meanwhile.
 const ROOT_VALID: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The roots opened lately (`O_PATH` descriptors), by path.
-type RootCache =
-    std::collections::HashMap<PathBuf, (std::time::Instant, std::sync::Arc<std::os::fd::OwnedFd>)>;
+/// A root directory opened with `O_PATH`.
+type RootFd = std::sync::Arc<std::os::fd::OwnedFd>;
+
+/// The roots opened lately, by path.
+type RootCache = std::collections::HashMap<PathBuf, (std::time::Instant, RootFd)>;
 
 static ROOTS: std::sync::Mutex<Option<RootCache>> = std::sync::Mutex::new(None);
 
 /// `root` opened as an `O_PATH` directory, from the cache while it is fresh.
-fn root_fd(root: &std::path::Path) -> Option<std::sync::Arc<std::os::fd::OwnedFd>> {
+fn root_fd(root: &std::path::Path) -> Option<RootFd> {
     use nix::fcntl::OFlag;
     let now = std::time::Instant::now();
     {
@@ -129,15 +131,20 @@ fn beneath<'a>(root: &std::path::Path, file: &'a std::path::Path) -> Option<&'a 
 /// with `RESOLVE_BENEATH` from the root (Linux 5.6+), so neither `..` nor a symlink can
 /// lead out; on older kernels, the canonical paths are compared. A directory is reported
 /// as one (for an index file or a redirect), anything else that is not a file as missing.
-fn open_beneath(root: &std::path::Path, file: &std::path::Path) -> Opened {
+/// `under` is `file`'s path under `root` as [`beneath`] gives it, with `root` opened.
+fn open_beneath(
+    root: &std::path::Path,
+    file: &std::path::Path,
+    under: Option<&(&std::path::Path, Option<RootFd>)>,
+) -> Opened {
     use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
     let regular = |f: std::fs::File| match f.metadata() {
         Ok(m) if m.is_file() => Opened::File(f, m),
         Ok(m) if m.is_dir() => Opened::Directory,
         _ => Opened::Missing,
     };
-    if let Some(rel) = beneath(root, file) {
-        let Some(dir) = root_fd(root) else {
+    if let Some(&(rel, ref dir)) = under {
+        let Some(dir) = dir else {
             return Opened::Missing;
         };
         let rel = if rel.as_os_str().is_empty() {
@@ -148,7 +155,7 @@ fn open_beneath(root: &std::path::Path, file: &std::path::Path) -> Opened {
         let how = OpenHow::new()
             .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
             .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        match nix::fcntl::openat2(&*dir, rel, how) {
+        match nix::fcntl::openat2(&**dir, rel, how) {
             Ok(fd) => return regular(std::fs::File::from(fd)),
             Err(nix::errno::Errno::EXDEV | nix::errno::Errno::ELOOP) => {
                 return Opened::Outside(
@@ -291,6 +298,33 @@ impl StaticFiles {
 /// Files up to this size are read in one go with the lookup and sent from memory.
 const SMALL_FILE: u64 = 128 * 1024;
 
+/// Where an answer's bytes come from.
+enum Source {
+    /// Read already (a small file).
+    Memory(bytes::Bytes),
+    /// Read in blocks as the client takes them.
+    File(std::fs::File),
+}
+
+/// The 405 for a method other than GET or HEAD.
+fn not_allowed() -> Response<Body> {
+    let mut r = plain(StatusCode::METHOD_NOT_ALLOWED);
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    r
+}
+
+/// The Content-Type of `file`: the type given, else the one its extension suggests.
+fn type_of(file: &std::path::Path, given: Option<&str>) -> HeaderValue {
+    let value = match given {
+        Some(t) => HeaderValue::from_str(t).ok(),
+        None => {
+            HeaderValue::from_str(mime_guess::from_path(file).first_or_octet_stream().as_ref()).ok()
+        }
+    };
+    value.unwrap_or(HeaderValue::from_static("application/octet-stream"))
+}
+
 /// Why [`try_serve_file`] served nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileMiss {
@@ -329,7 +363,8 @@ pub async fn try_serve_file(
     // Opened, checked and (when small) read right here, as nginx does: on a local file
     // system these are page-cache operations of a few µs, cheaper than a trip to a
     // blocking thread. Larger files are read in blocks as the client takes them
-    // ([`Body::file`]).
+    // ([`Body::file`]). A small file read before comes from memory while it is unchanged
+    // (`file_cache`).
     let plain_get = method == Method::GET
         && ![
             header::RANGE,
@@ -338,61 +373,96 @@ pub async fn try_serve_file(
         ]
         .iter()
         .any(|h| headers.contains_key(h));
-    let (meta, opened_file, small) = match open_beneath(root, file) {
-        Opened::Missing => return Err(FileMiss::Missing),
-        Opened::Directory => return Err(FileMiss::Directory),
-        Opened::Outside(real) => {
-            // No way out of the root through symlinks.
-            tracing::warn!(
-                "static file {} leads out of {}: refused",
-                real.display(),
-                root.display()
-            );
-            return Ok(plain(StatusCode::FORBIDDEN));
+    let under = beneath(root, file).map(|rel| (rel, root_fd(root)));
+    let kept = match &under {
+        Some((rel, Some(dir))) if !rel.as_os_str().is_empty() => {
+            file_cache::lookup(dir, root, file, rel)
         }
-        Opened::File(f, meta) => {
-            let small = if plain_get && meta.len() <= SMALL_FILE {
-                // One read of the size fstat gave (a file that changed meanwhile is
-                // read in blocks below instead, and ends short if it shrank).
-                let mut buf = Vec::with_capacity(meta.len() as usize);
-                match rustix::io::pread(&f, rustix::buffer::spare_capacity(&mut buf), 0) {
-                    Ok(n) if n as u64 == meta.len() => Some(bytes::Bytes::from(buf)),
-                    _ => None,
-                }
-            } else {
-                None
-            };
-            (meta, f, small)
-        }
+        _ => None,
     };
-    if method != Method::GET && method != Method::HEAD {
-        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED);
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return Ok(r);
+    if kept.is_some() && method != Method::GET && method != Method::HEAD {
+        return Ok(not_allowed());
     }
-    let size = meta.len();
-    let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
-    let secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let etag = etag(secs, size);
-    let last_modified = http_date(secs);
-    let mut common = HeaderMap::new();
-    let content_type = match content_type {
-        Some(t) => HeaderValue::from_str(t).ok(),
+    let (source, size, secs, etag, last_modified, content_type) = match kept {
+        Some(e) => {
+            let content_type = match (content_type, &e.content_type) {
+                (given, (value, kept_as)) if given == kept_as.as_deref() => value.clone(),
+                (given, _) => type_of(file, given),
+            };
+            (
+                Source::Memory(e.body.clone()),
+                e.size(),
+                e.secs,
+                e.etag.clone(),
+                e.last_modified.clone(),
+                content_type,
+            )
+        }
         None => {
-            HeaderValue::from_str(mime_guess::from_path(file).first_or_octet_stream().as_ref()).ok()
+            let (meta, opened_file, small) = match open_beneath(root, file, under.as_ref()) {
+                Opened::Missing => return Err(FileMiss::Missing),
+                Opened::Directory => return Err(FileMiss::Directory),
+                Opened::Outside(real) => {
+                    // No way out of the root through symlinks.
+                    tracing::warn!(
+                        "static file {} leads out of {}: refused",
+                        real.display(),
+                        root.display()
+                    );
+                    return Ok(plain(StatusCode::FORBIDDEN));
+                }
+                Opened::File(f, meta) => {
+                    let small = if plain_get && meta.len() <= SMALL_FILE {
+                        // One read of the size fstat gave (a file that changed meanwhile
+                        // is read in blocks below instead, and ends short if it shrank).
+                        let mut buf = Vec::with_capacity(meta.len() as usize);
+                        match rustix::io::pread(&f, rustix::buffer::spare_capacity(&mut buf), 0) {
+                            Ok(n) if n as u64 == meta.len() => Some(bytes::Bytes::from(buf)),
+                            _ => None,
+                        }
+                    } else {
+                        None
+                    };
+                    (meta, f, small)
+                }
+            };
+            if method != Method::GET && method != Method::HEAD {
+                return Ok(not_allowed());
+            }
+            let size = meta.len();
+            let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+            let secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let etag =
+                HeaderValue::from_str(&etag(secs, size)).unwrap_or(HeaderValue::from_static(""));
+            let last_modified = http_date(secs);
+            let ctype = type_of(file, content_type);
+            let source = match small {
+                Some(b) => {
+                    file_cache::keep(
+                        root,
+                        file,
+                        &meta,
+                        file_cache::Entry::new(
+                            b.clone(),
+                            secs,
+                            etag.clone(),
+                            last_modified.clone(),
+                            (ctype.clone(), content_type.map(Box::from)),
+                        ),
+                    );
+                    Source::Memory(b)
+                }
+                None => Source::File(opened_file),
+            };
+            (source, size, secs, etag, last_modified, ctype)
         }
     };
-    common.insert(
-        header::CONTENT_TYPE,
-        content_type.unwrap_or(HeaderValue::from_static("application/octet-stream")),
-    );
+    let mut common = HeaderMap::new();
+    common.insert(header::CONTENT_TYPE, content_type);
     common.insert(header::LAST_MODIFIED, last_modified.clone());
-    common.insert(
-        header::ETAG,
-        HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("")),
-    );
+    common.insert(header::ETAG, etag.clone());
     common.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let etag = etag.to_str().unwrap_or("");
 
     // Conditional requests: If-None-Match first, else If-Modified-Since.
     let not_modified = match headers
@@ -401,7 +471,7 @@ pub async fn try_serve_file(
     {
         Some(inm) => inm.split(',').any(|t| {
             let t = t.trim();
-            t == "*" || t == etag || t.strip_prefix("W/") == Some(etag.as_str())
+            t == "*" || t == etag || t.strip_prefix("W/") == Some(etag)
         }),
         None => headers
             .get(header::IF_MODIFIED_SINCE)
@@ -443,10 +513,19 @@ pub async fn try_serve_file(
     };
     let body = if method == Method::HEAD || len == 0 {
         Body::empty()
-    } else if let (Some(b), StatusCode::OK) = (small, status) {
-        Body::full(b)
     } else {
-        Body::file(opened_file, start, len)
+        match source {
+            Source::Memory(b) if start == 0 && len == b.len() as u64 => Body::full(b),
+            Source::Memory(b) => match usize::try_from(start)
+                .ok()
+                .zip(usize::try_from(start + len).ok())
+                .and_then(|(a, z)| b.get(a..z).map(|_| b.slice(a..z)))
+            {
+                Some(part) => Body::full(part),
+                None => return Ok(plain(StatusCode::INTERNAL_SERVER_ERROR)),
+            },
+            Source::File(f) => Body::file(f, start, len),
+        }
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -493,6 +572,87 @@ mod tests {
         assert_eq!(b("/srv/www", "/srv/other"), None);
         assert_eq!(b("/", "/etc/hosts").as_deref(), Some("etc/hosts"));
         assert_eq!(b("www", "www/a").as_deref(), Some("a"));
+    }
+
+    /// An answer's status, and its body's length and byte (when all are the same).
+    async fn get(
+        file: &std::path::Path,
+        root: &std::path::Path,
+        hdrs: &[(&str, &str)],
+    ) -> (u16, usize, Option<u8>) {
+        use http_body_util::BodyExt;
+        let mut h = HeaderMap::new();
+        for (k, v) in hdrs {
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let r = serve_file(&Method::GET, &h, file, root, None).await;
+        let status = r.status().as_u16();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let same = body
+            .first()
+            .copied()
+            .filter(|b| body.iter().all(|c| c == b));
+        (status, body.len(), same)
+    }
+
+    fn hits() -> u64 {
+        file_cache::tests::HITS.with(|h| h.get())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_kept_file_is_served_from_memory_until_it_changes_in_any_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("www");
+        std::fs::create_dir(&root).unwrap();
+        let outside = dir.path().join("secret");
+        std::fs::write(&outside, b"S".repeat(4096)).unwrap();
+        let file = root.join("a.css");
+        let write = |byte: u8| std::fs::write(&file, vec![byte; 4096]).unwrap();
+        write(b'a');
+        // Just written: read afresh each time, not kept.
+        let before = hits();
+        assert_eq!(get(&file, &root, &[]).await, (200, 4096, Some(b'a')));
+        assert_eq!(get(&file, &root, &[]).await, (200, 4096, Some(b'a')));
+        assert_eq!(hits(), before);
+        // Settled: kept by the next read, then served from memory.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert_eq!(get(&file, &root, &[]).await, (200, 4096, Some(b'a')));
+        assert_eq!(get(&file, &root, &[]).await, (200, 4096, Some(b'a')));
+        assert_eq!(hits(), before + 1);
+        // A range of the kept copy.
+        let part = get(&file, &root, &[("range", "bytes=10-19")]).await;
+        assert_eq!(part, (206, 10, Some(b'a')));
+        assert_eq!(hits(), before + 2);
+        // Rewritten in place with the same size, within the same second: seen at once.
+        write(b'b');
+        assert_eq!(get(&file, &root, &[]).await, (200, 4096, Some(b'b')));
+        // Its times set back to what they were (as `cp -p` does): the change time still
+        // tells.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert_eq!(get(&file, &root, &[]).await, (200, 4096, Some(b'b')));
+        let old = std::fs::metadata(&file).unwrap().modified().unwrap();
+        write(b'c');
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(get(&file, &root, &[]).await, (200, 4096, Some(b'c')));
+        // Replaced by a symlink out of the root (to a file of the same size): refused.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert_eq!(get(&file, &root, &[]).await, (200, 4096, Some(b'c')));
+        let hit = hits();
+        std::fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink(&outside, &file).unwrap();
+        assert_eq!(get(&file, &root, &[]).await.0, 403);
+        assert_eq!(hits(), hit);
+        // Gone: not found.
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(get(&file, &root, &[]).await.0, 404);
     }
 
     #[test]
