@@ -100,11 +100,41 @@ impl AppSpec {
     }
 }
 
+/// Prepares a process that has loaded an app for `fork` without `exec`, as Python's
+/// documentation of `gc.freeze` advises: collects garbage, then moves every object left
+/// to the permanent generation. The collector in a forked worker then never walks (or
+/// writes the headers of) the objects loaded before the fork, so their pages stay shared
+/// with the other workers and a full collection costs only what the worker made itself.
+/// Returns how many objects were frozen; 0 if the interpreter was never started.
+///
+/// ```
+/// let app = wsgi_host::AppSpec::module("wsgiref.simple_server:demo_app").load().unwrap();
+/// assert!(wsgi_host::freeze_for_fork().unwrap() > 0);
+/// # drop(app);
+/// ```
+pub fn freeze_for_fork() -> Result<usize, LoadError> {
+    if !INIT.is_completed() {
+        return Ok(0);
+    }
+    Python::attach(|py| {
+        let gc = py.import("gc").map_err(py_err(py, "import gc"))?;
+        gc.call_method0("collect")
+            .map_err(py_err(py, "gc.collect()"))?;
+        gc.call_method0("freeze")
+            .map_err(py_err(py, "gc.freeze()"))?;
+        gc.call_method0("get_freeze_count")
+            .and_then(|n| n.extract::<usize>())
+            .map_err(py_err(py, "gc.get_freeze_count()"))
+    })
+}
+
 /// Starts the embedded interpreter once per process (threads enabled).
 pub(crate) fn ensure_initialized() {
-    static INIT: Once = Once::new();
     INIT.call_once(Python::initialize);
 }
+
+/// Whether the interpreter was started.
+static INIT: Once = Once::new();
 
 /// The formatted traceback of `err`.
 pub(crate) fn traceback(py: Python<'_>, err: &PyErr) -> String {

@@ -36,7 +36,7 @@ mod worker;
 
 pub use error::{AbortError, BodyError, HostError, LoadError};
 pub use input::WsgiInput;
-pub use interpreter::AppSpec;
+pub use interpreter::{AppSpec, freeze_for_fork};
 pub use respond::{ErrorStream, FileWrapper, StartResponse};
 pub use service::{DEFAULT_POST_BUFFERING, READ_AHEAD_PATIENCE, ResponseBody, WsgiService};
 pub use types::{

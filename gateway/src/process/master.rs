@@ -195,6 +195,11 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     };
     if app.is_some() {
         tracing::info!("WSGI app loaded in the master (pid {})", std::process::id());
+        // What the app loaded stays shared with the workers, and their collections skip it.
+        match wsgi_host::freeze_for_fork() {
+            Ok(n) => tracing::info!("{n} Python objects frozen (gc.freeze) for the workers"),
+            Err(e) => tracing::warn!("gc.freeze() failed: {e}"),
+        }
     }
 
     let now = Instant::now();

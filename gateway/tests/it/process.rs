@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use testkit::Peer;
 
-/// Answers `VERSION pid`; /sleep?S sleeps, /leak keeps 30 MB, /crash kills the process.
+/// Answers `VERSION pid`; /sleep?S sleeps, /leak keeps 30 MB, /crash kills the process,
+/// /frozen answers `frozen N` (the objects in the collector's permanent generation).
 const APP: &str = r#"
-import os, time
+import gc, os, time
 VERSION = "v1"
 LEAK = []
 def application(environ, start_response):
@@ -26,6 +27,8 @@ def application(environ, start_response):
     elif path == "/crash":
         os._exit(3)
     body = ("%s %d" % (VERSION, os.getpid())).encode()
+    if path == "/frozen":
+        body = b"frozen %d" % gc.get_freeze_count()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 "#;
@@ -86,6 +89,31 @@ fn worker_pids(stats_addr: SocketAddr) -> Vec<u32> {
         .iter()
         .map(|w| w["pid"].as_u64().unwrap() as u32)
         .collect()
+}
+
+#[test]
+fn workers_forked_after_the_load_find_the_apps_objects_frozen() {
+    for lazy in [false, true] {
+        let dir = testkit::temp_dir();
+        let addr = local();
+        let mut args = vec!["--master", "--processes", "2"];
+        if lazy {
+            args.push("--lazy-apps");
+        }
+        let gw = start(dir.path(), addr, &args);
+        for _ in 0..4 {
+            let (status, body) = get(addr, "/frozen").expect("served");
+            assert_eq!(status, 200);
+            let n: u64 = body
+                .strip_prefix("frozen ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{body:?}"));
+            // Loaded in the master: what it loaded is frozen before the fork, so the
+            // workers' collections skip it. Loaded in each worker: nothing is frozen.
+            assert_eq!(n > 1000, !lazy, "lazy apps {lazy}: {n} objects frozen");
+        }
+        assert_eq!(gw.log().contains("frozen (gc.freeze)"), !lazy);
+    }
 }
 
 #[test]
