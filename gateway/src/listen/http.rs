@@ -214,18 +214,86 @@ pub async fn serve_connection_until<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let first = Arc::new((AtomicBool::new(false), Notify::new()));
-    let conn = http1::Builder::new()
-        .keep_alive(true)
-        .timer(super::timer::ConnTimer::default())
-        .header_read_timeout(app.head_timeout)
-        .serve_connection(
-            TokioIo::new(super::reads::SmallReads(io)),
-            PerConnection::new(app, peer, local, false, &first),
-        );
-    tokio::pin!(conn);
-    let result = drive(conn, &first, shutdown, |c| c.graceful_shutdown()).await;
+    let mut conn = KeepSocket(
+        http1::Builder::new()
+            .keep_alive(true)
+            .timer(super::timer::ConnTimer::default())
+            .header_read_timeout(app.head_timeout)
+            .serve_connection(
+                TokioIo::new(super::reads::SmallReads(io)),
+                PerConnection::new(app, peer, local, false, &first),
+            ),
+    );
+    let result = drive(Pin::new(&mut conn), &first, shutdown, |c| {
+        Pin::new(&mut c.get_mut().0).graceful_shutdown()
+    })
+    .await;
     if let Err(e) = result {
         tracing::debug!("http connection: {e}");
+    }
+    linger(conn.0.into_parts().io.into_inner().0, shutdown).await;
+}
+
+/// An HTTP/1.1 connection run to its end without the final shutdown of its socket, so
+/// the socket can be taken back for [`linger`].
+struct KeepSocket<S>(http1::Connection<TokioIo<super::reads::SmallReads<S>>, PerConnection>);
+
+impl<S> Future for KeepSocket<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    type Output = hyper::Result<()>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.get_mut().0.poll_without_shutdown(cx)
+    }
+}
+
+/// nginx's `lingering_time`: the longest a closed connection's socket is read and dropped.
+const LINGERING_TIME: Duration = Duration::from_secs(30);
+/// nginx's `lingering_timeout`: the longest wait for more from the client meanwhile.
+const LINGERING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// nginx's `lingering_close`. A connection can end while its client is still sending: a
+/// body refused with a 413 before it was read, a request after an error. Closing the
+/// socket with unread bytes (or receiving more after the close) makes the kernel answer
+/// with a reset, and a reset can destroy the answer in the client's buffers before the
+/// client reads it: the client sees a broken pipe instead of its 413. So the sending side
+/// is shut (the client sees the end of the answer), then what still comes is read and
+/// dropped until the client closes, is silent for [`LINGERING_TIMEOUT`], or
+/// [`LINGERING_TIME`] has passed; a graceful stop ends it at once. A client that closes
+/// when it has its answer costs one read here.
+async fn linger<S>(mut io: S, shutdown: &CancellationToken)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if shutdown.is_cancelled() || io.shutdown().await.is_err() {
+        return;
+    }
+    let until = tokio::time::Instant::now() + LINGERING_TIME;
+    // A small buffer first: most clients have closed, and the read says so.
+    let mut small = [0u8; 64];
+    let mut big: Vec<u8> = Vec::new();
+    loop {
+        let wait = until
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(LINGERING_TIMEOUT);
+        let buf: &mut [u8] = if big.is_empty() { &mut small } else { &mut big };
+        tokio::select! {
+            r = tokio::time::timeout(wait, io.read(buf)) => match r {
+                Ok(Ok(n)) if n > 0 => {
+                    if big.is_empty() {
+                        big = vec![0; 64 * 1024];
+                    }
+                }
+                _ => return,
+            },
+            () = shutdown.cancelled() => return,
+        }
     }
 }
 

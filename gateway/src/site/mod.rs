@@ -359,6 +359,10 @@ fn err(d: &Directive, message: impl Into<String>) -> NginxError {
 /// design, or logging it does its own way): a warning, not an error.
 const HARMLESS: &[&str] = &[
     "sendfile",
+    // The gateway lingers as nginx does by default (`on`, 30 s, 5 s).
+    "lingering_close",
+    "lingering_time",
+    "lingering_timeout",
     "tcp_nopush",
     "tcp_nodelay",
     "keepalive_timeout",

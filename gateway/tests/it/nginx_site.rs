@@ -279,6 +279,96 @@ fn the_same_site_answers_the_same_under_nginx_and_the_gateway() {
     assert_eq!(g, n, "combined lines");
 }
 
+/// Real nginx (one worker, under `d/nginx`, with copies of the files `copy` names from
+/// `d`) and the gateway (`--nginx-conf d/site.conf`) running the site `site` writes for a
+/// listen address: their addresses and processes.
+fn nginx_and_gateway(
+    d: &Path,
+    copy: &[&str],
+    site: impl Fn(SocketAddr) -> String,
+) -> (SocketAddr, Peer, SocketAddr, Peer) {
+    let nginx_addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    let ndir = d.join("nginx");
+    std::fs::create_dir(&ndir).unwrap();
+    for f in copy {
+        std::fs::copy(d.join(f), ndir.join(f)).unwrap();
+    }
+    let nginx = testkit::start_nginx(&ndir, &site(nginx_addr), nginx_addr);
+    let gw_addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    std::fs::write(d.join("site.conf"), site(gw_addr)).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(["--nginx-conf", "site.conf"]).current_dir(d);
+    let mut gw = Peer::spawn("gateway", cmd, Some(&d.join("gateway.log")));
+    gw.wait_tcp(gw_addr, Duration::from_secs(20));
+    (nginx_addr, nginx, gw_addr, gw)
+}
+
+/// Sends a POST head declaring `len` bytes, then all of them in 64 KiB writes without
+/// reading, then reads the answer: the status, or the first write or read that failed.
+fn upload_all_then_read(addr: SocketAddr, path: &str, len: usize) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    let head =
+        format!("POST {path} HTTP/1.1\r\nHost: example.com\r\nContent-Length: {len}\r\n\r\n");
+    s.write_all(head.as_bytes())
+        .map_err(|e| format!("head: {e}"))?;
+    let block = vec![b'x'; 64 * 1024];
+    let mut sent = 0;
+    while sent < len {
+        let n = block.len().min(len - sent);
+        s.write_all(&block[..n])
+            .map_err(|e| format!("write after {sent} bytes: {e}"))?;
+        sent += n;
+    }
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if raw.is_empty() => return Err(format!("read: {e}")),
+            Err(_) => break,
+        }
+    }
+    Ok(HttpResponse::parse(&raw).status)
+}
+
+#[test]
+fn a_refused_upload_is_read_and_dropped_so_its_client_gets_the_413() {
+    // nginx's lingering close: an upload over client_max_body_size is answered 413 before
+    // its body is read, and the connection closes; the rest of the body is then read and
+    // dropped, so a client that sends everything before it reads (as most do) gets its
+    // 413 instead of a broken pipe or a reset.
+    testkit::require("nginx");
+    let dir = testkit::temp_dir();
+    let d = dir.path();
+    let site = |listen: SocketAddr| {
+        format!(
+            "server {{\n    listen {listen};\n    client_max_body_size 1m;\n    \
+             location / {{ return 200 \"ok\"; }}\n}}\n"
+        )
+    };
+    let (nginx_addr, _nginx, gw_addr, _gw) = nginx_and_gateway(d, &[], site);
+    // 32 MiB: far more than the sockets' buffers hold.
+    for (who, addr) in [("nginx", nginx_addr), ("gateway", gw_addr)] {
+        for _ in 0..2 {
+            assert_eq!(
+                upload_all_then_read(addr, "/upload", 32 << 20),
+                Ok(413),
+                "{who}"
+            );
+        }
+    }
+    // And the next client is served as usual.
+    let r = exchange(
+        gw_addr,
+        b"GET / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!((r.status, r.text()), (200, "ok".to_string()));
+}
+
 #[test]
 fn unsupported_directives_are_errors_with_file_and_line() {
     let dir = testkit::temp_dir();
@@ -352,19 +442,8 @@ fn fastcgi_pass_and_scgi_pass_to_flup_answer_as_under_nginx() {
             ports[0], ports[1]
         )
     };
-    let nginx_addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
-    let ndir = d.join("nginx");
-    std::fs::create_dir(&ndir).unwrap();
-    for f in ["fastcgi_params", "scgi_params"] {
-        std::fs::copy(d.join(f), ndir.join(f)).unwrap();
-    }
-    let _nginx = testkit::start_nginx(&ndir, &conf(nginx_addr), nginx_addr);
-    let gw_addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
-    std::fs::write(d.join("site.conf"), conf(gw_addr)).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
-    cmd.args(["--nginx-conf", "site.conf"]).current_dir(d);
-    let mut gw = Peer::spawn("gateway", cmd, Some(&d.join("gateway.log")));
-    gw.wait_tcp(gw_addr, Duration::from_secs(20));
+    let (nginx_addr, _nginx, gw_addr, gw) =
+        nginx_and_gateway(d, &["fastcgi_params", "scgi_params"], conf);
 
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
     for prefix in ["/fcgi", "/scgi"] {
@@ -442,16 +521,7 @@ fn proxy_pass_to_http_backends_sets_the_headers_nginx_users_set() {
             addrs[0], addrs[1], addrs[0]
         )
     };
-    let nginx_addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
-    let ndir = d.join("nginx");
-    std::fs::create_dir(&ndir).unwrap();
-    let _nginx = testkit::start_nginx(&ndir, &conf(nginx_addr), nginx_addr);
-    let gw_addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
-    std::fs::write(d.join("site.conf"), conf(gw_addr)).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
-    cmd.args(["--nginx-conf", "site.conf"]).current_dir(d);
-    let mut gw = Peer::spawn("gateway", cmd, Some(&d.join("gateway.log")));
-    gw.wait_tcp(gw_addr, Duration::from_secs(20));
+    let (nginx_addr, _nginx, gw_addr, gw) = nginx_and_gateway(d, &[], conf);
 
     let body = vec![b'q'; 300_000];
     let mut post = b"POST /api/items?id=7 HTTP/1.1\r\nHost: proxy.example\r\nContent-Type: application/json\r\nContent-Length: 300000\r\nConnection: close\r\n\r\n".to_vec();
