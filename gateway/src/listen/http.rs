@@ -50,13 +50,17 @@ pub struct HttpApp {
     pub head_timeout: Duration,
 }
 
+/// What a connection's requests tell its driver: whether one has arrived (set, then
+/// notified) and whether one came with a body (which may be left unread, see [`linger`]).
+type Flags = (AtomicBool, Notify, AtomicBool);
+
 struct PerConnection {
     app: HttpApp,
     conn: Arc<crate::pass::ConnInfo>,
     /// The WSGI backend with this connection's client set (written out once).
     wsgi: Option<WsgiService>,
     /// Set (and notified) when the first request arrives.
-    first: Arc<(AtomicBool, Notify)>,
+    first: Arc<Flags>,
 }
 
 impl PerConnection {
@@ -65,7 +69,7 @@ impl PerConnection {
         peer: Option<SocketAddr>,
         local: Option<SocketAddr>,
         https: bool,
-        first: &Arc<(AtomicBool, Notify)>,
+        first: &Arc<Flags>,
     ) -> Self {
         let conn = crate::pass::ConnInfo::new(peer, local, https);
         let wsgi = match &app.backend {
@@ -93,6 +97,9 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
         if !self.first.0.swap(true, Ordering::SeqCst) {
             self.first.1.notify_one();
+        }
+        if !hyper::body::Body::is_end_stream(req.body()) {
+            self.first.2.store(true, Ordering::Relaxed);
         }
         let conn = self.conn.clone();
         // A site's requests get a future of their own: it is moved into its box at every
@@ -213,7 +220,11 @@ pub async fn serve_connection_until<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let first = Arc::new((AtomicBool::new(false), Notify::new()));
+    let first = Arc::new((
+        AtomicBool::new(false),
+        Notify::new(),
+        AtomicBool::new(false),
+    ));
     let mut conn = KeepSocket(
         http1::Builder::new()
             .keep_alive(true)
@@ -228,10 +239,16 @@ pub async fn serve_connection_until<S>(
         Pin::new(&mut c.get_mut().0).graceful_shutdown()
     })
     .await;
+    let failed = result.is_err();
     if let Err(e) = result {
         tracing::debug!("http connection: {e}");
     }
-    linger(conn.0.into_parts().io.into_inner().0, shutdown).await;
+    // Only a connection that had a request with a body (or ended in an error) may have
+    // bytes left coming; the others close at once.
+    let io = conn.0.into_parts().io.into_inner().0;
+    if failed || first.2.load(Ordering::Relaxed) {
+        linger(io, shutdown).await;
+    }
 }
 
 /// An HTTP/1.1 connection run to its end without the final shutdown of its socket, so
@@ -265,7 +282,8 @@ const LINGERING_TIMEOUT: Duration = Duration::from_secs(5);
 /// is shut (the client sees the end of the answer), then what still comes is read and
 /// dropped until the client closes, is silent for [`LINGERING_TIMEOUT`], or
 /// [`LINGERING_TIME`] has passed; a graceful stop ends it at once. A client that closes
-/// when it has its answer costs one read here.
+/// when it has its answer costs one read here; a connection whose requests had no body
+/// does not linger.
 async fn linger<S>(mut io: S, shutdown: &CancellationToken)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -321,7 +339,11 @@ pub async fn serve_tls_connection_until<S>(
             return;
         }
     };
-    let first = Arc::new((AtomicBool::new(false), Notify::new()));
+    let first = Arc::new((
+        AtomicBool::new(false),
+        Notify::new(),
+        AtomicBool::new(false),
+    ));
     let mut builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder
@@ -345,7 +367,7 @@ pub async fn serve_tls_connection_until<S>(
 /// sent).
 async fn drive<C, T, E>(
     mut conn: Pin<&mut C>,
-    first: &(AtomicBool, Notify),
+    first: &Flags,
     shutdown: &CancellationToken,
     graceful: impl Fn(Pin<&mut C>),
 ) -> Result<T, E>
