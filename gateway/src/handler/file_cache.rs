@@ -26,9 +26,9 @@ use bytes::Bytes;
 use http::HeaderValue;
 
 /// The largest file kept.
-pub(crate) const MAX_FILE: u64 = 64 * 1024;
+const MAX_FILE: u64 = 64 * 1024;
 /// The bytes kept in all (file contents), per process.
-pub(crate) const MAX_BYTES: usize = 8 * 1024 * 1024;
+const MAX_BYTES: usize = 8 * 1024 * 1024;
 /// A file whose modification or change time is this close to now is not kept.
 const SETTLED: Duration = Duration::from_secs(1);
 
@@ -44,7 +44,7 @@ pub(crate) struct Identity {
 
 impl Identity {
     /// The identity of an opened file's metadata.
-    pub(crate) fn of(m: &std::fs::Metadata) -> Self {
+    fn of(m: &std::fs::Metadata) -> Self {
         Self {
             dev: m.dev(),
             ino: m.ino(),
@@ -93,8 +93,11 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    /// An entry for content and headers (its root and identity are set by [`keep`]).
+    /// The entry for `body`, a file's whole content read under `root` with `meta` taken
+    /// before the read, and the headers its answers carry.
     pub(crate) fn new(
+        root: &Path,
+        meta: &std::fs::Metadata,
         body: Bytes,
         secs: u64,
         etag: HeaderValue,
@@ -102,14 +105,8 @@ impl Entry {
         content_type: (HeaderValue, Option<Box<str>>),
     ) -> Self {
         Self {
-            root: PathBuf::new(),
-            id: Identity {
-                dev: 0,
-                ino: 0,
-                size: body.len() as u64,
-                mtime: (0, 0),
-                ctime: (0, 0),
-            },
+            root: root.to_path_buf(),
+            id: Identity::of(meta),
             body,
             secs,
             etag,
@@ -202,23 +199,18 @@ pub(crate) fn lookup(
     None
 }
 
-/// Keeps `entry`, the content of `file` read whole under `root` with `meta` taken before
-/// the read, if it is small and has not changed lately.
-pub(crate) fn keep(root: &Path, file: &Path, meta: &std::fs::Metadata, entry: Entry) {
-    let id = Identity::of(meta);
+/// Keeps `entry` for `file` if the file is small, was read whole, and has not changed
+/// lately.
+pub(crate) fn keep(file: &Path, entry: Entry) {
+    let id = entry.id;
     if id.size > MAX_FILE || entry.body.len() as u64 != id.size || !id.settled(SystemTime::now()) {
         return;
     }
-    let entry = Arc::new(Entry {
-        root: root.to_path_buf(),
-        id,
-        ..entry
-    });
     CACHE
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .get_or_insert_with(|| Cache::new(MAX_BYTES))
-        .insert(file.to_path_buf(), entry);
+        .insert(file.to_path_buf(), Arc::new(entry));
 }
 
 #[cfg(test)]

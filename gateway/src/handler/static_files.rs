@@ -380,9 +380,6 @@ pub async fn try_serve_file(
         }
         _ => None,
     };
-    if kept.is_some() && method != Method::GET && method != Method::HEAD {
-        return Ok(not_allowed());
-    }
     let (source, size, secs, etag, last_modified, content_type) = match kept {
         Some(e) => {
             let content_type = match (content_type, &e.content_type) {
@@ -426,9 +423,6 @@ pub async fn try_serve_file(
                     (meta, f, small)
                 }
             };
-            if method != Method::GET && method != Method::HEAD {
-                return Ok(not_allowed());
-            }
             let size = meta.len();
             let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
             let secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -439,10 +433,10 @@ pub async fn try_serve_file(
             let source = match small {
                 Some(b) => {
                     file_cache::keep(
-                        root,
                         file,
-                        &meta,
                         file_cache::Entry::new(
+                            root,
+                            &meta,
                             b.clone(),
                             secs,
                             etag.clone(),
@@ -457,6 +451,11 @@ pub async fn try_serve_file(
             (source, size, secs, etag, last_modified, ctype)
         }
     };
+    // The file exists (a missing one went on above): other methods than GET and HEAD are
+    // refused. (Only a GET reads a file into memory, so nothing was kept for them.)
+    if method != Method::GET && method != Method::HEAD {
+        return Ok(not_allowed());
+    }
     let mut common = HeaderMap::new();
     common.insert(header::CONTENT_TYPE, content_type);
     common.insert(header::LAST_MODIFIED, last_modified.clone());
