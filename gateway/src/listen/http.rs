@@ -50,17 +50,24 @@ pub struct HttpApp {
     pub head_timeout: Duration,
 }
 
-/// What a connection's requests tell its driver: whether one has arrived (set, then
-/// notified) and whether one came with a body (which may be left unread, see [`linger`]).
-type Flags = (AtomicBool, Notify, AtomicBool);
+/// What a connection's requests tell its driver.
+#[derive(Default)]
+struct Flags {
+    /// Set when the first request arrives...
+    arrived: AtomicBool,
+    /// ... and notified.
+    first: Notify,
+    /// Set when a request comes with a body (which may be left unread, see [`linger`]).
+    body: AtomicBool,
+}
 
 struct PerConnection {
     app: HttpApp,
     conn: Arc<crate::pass::ConnInfo>,
     /// The WSGI backend with this connection's client set (written out once).
     wsgi: Option<WsgiService>,
-    /// Set (and notified) when the first request arrives.
-    first: Arc<Flags>,
+    /// What its requests tell the connection's driver.
+    flags: Arc<Flags>,
 }
 
 impl PerConnection {
@@ -69,7 +76,7 @@ impl PerConnection {
         peer: Option<SocketAddr>,
         local: Option<SocketAddr>,
         https: bool,
-        first: &Arc<Flags>,
+        flags: &Arc<Flags>,
     ) -> Self {
         let conn = crate::pass::ConnInfo::new(peer, local, https);
         let wsgi = match &app.backend {
@@ -80,7 +87,7 @@ impl PerConnection {
             app: app.clone(),
             conn: Arc::new(conn),
             wsgi,
-            first: first.clone(),
+            flags: flags.clone(),
         }
     }
 }
@@ -95,11 +102,11 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        if !self.first.0.swap(true, Ordering::SeqCst) {
-            self.first.1.notify_one();
+        if !self.flags.arrived.swap(true, Ordering::SeqCst) {
+            self.flags.first.notify_one();
         }
         if !hyper::body::Body::is_end_stream(req.body()) {
-            self.first.2.store(true, Ordering::Relaxed);
+            self.flags.body.store(true, Ordering::Relaxed);
         }
         let conn = self.conn.clone();
         // A site's requests get a future of their own: it is moved into its box at every
@@ -220,11 +227,7 @@ pub async fn serve_connection_until<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let first = Arc::new((
-        AtomicBool::new(false),
-        Notify::new(),
-        AtomicBool::new(false),
-    ));
+    let flags = Arc::new(Flags::default());
     let mut conn = KeepSocket(
         http1::Builder::new()
             .keep_alive(true)
@@ -232,10 +235,10 @@ pub async fn serve_connection_until<S>(
             .header_read_timeout(app.head_timeout)
             .serve_connection(
                 TokioIo::new(super::reads::SmallReads(io)),
-                PerConnection::new(app, peer, local, false, &first),
+                PerConnection::new(app, peer, local, false, &flags),
             ),
     );
-    let result = drive(Pin::new(&mut conn), &first, shutdown, |c| {
+    let result = drive(Pin::new(&mut conn), &flags, shutdown, |c| {
         Pin::new(&mut c.get_mut().0).graceful_shutdown()
     })
     .await;
@@ -246,7 +249,7 @@ pub async fn serve_connection_until<S>(
     // Only a connection that had a request with a body (or ended in an error) may have
     // bytes left coming; the others close at once.
     let io = conn.0.into_parts().io.into_inner().0;
-    if failed || first.2.load(Ordering::Relaxed) {
+    if failed || flags.body.load(Ordering::Relaxed) {
         linger(io, shutdown).await;
     }
 }
@@ -293,21 +296,14 @@ where
         return;
     }
     let until = tokio::time::Instant::now() + LINGERING_TIME;
-    // A small buffer first: most clients have closed, and the read says so.
-    let mut small = [0u8; 64];
-    let mut big: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
         let wait = until
             .saturating_duration_since(tokio::time::Instant::now())
             .min(LINGERING_TIMEOUT);
-        let buf: &mut [u8] = if big.is_empty() { &mut small } else { &mut big };
         tokio::select! {
-            r = tokio::time::timeout(wait, io.read(buf)) => match r {
-                Ok(Ok(n)) if n > 0 => {
-                    if big.is_empty() {
-                        big = vec![0; 64 * 1024];
-                    }
-                }
+            r = tokio::time::timeout(wait, io.read(&mut buf)) => match r {
+                Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             },
             () = shutdown.cancelled() => return,
@@ -339,11 +335,7 @@ pub async fn serve_tls_connection_until<S>(
             return;
         }
     };
-    let first = Arc::new((
-        AtomicBool::new(false),
-        Notify::new(),
-        AtomicBool::new(false),
-    ));
+    let flags = Arc::new(Flags::default());
     let mut builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder
@@ -352,10 +344,10 @@ pub async fn serve_tls_connection_until<S>(
         .header_read_timeout(app.head_timeout);
     let conn = builder.serve_connection(
         TokioIo::new(super::reads::SmallReads(stream)),
-        PerConnection::new(app, peer, local, true, &first),
+        PerConnection::new(app, peer, local, true, &flags),
     );
     tokio::pin!(conn);
-    let result = drive(conn, &first, shutdown, |c| c.graceful_shutdown()).await;
+    let result = drive(conn, &flags, shutdown, |c| c.graceful_shutdown()).await;
     if let Err(e) = result {
         tracing::debug!("https connection: {e}");
     }
@@ -367,7 +359,7 @@ pub async fn serve_tls_connection_until<S>(
 /// sent).
 async fn drive<C, T, E>(
     mut conn: Pin<&mut C>,
-    first: &Flags,
+    flags: &Flags,
     shutdown: &CancellationToken,
     graceful: impl Fn(Pin<&mut C>),
 ) -> Result<T, E>
@@ -382,14 +374,14 @@ where
             biased;
             r = conn.as_mut() => return r,
             () = stop.stopped(), if !closing && grace.is_none() => {
-                if first.0.load(Ordering::SeqCst) {
+                if flags.arrived.load(Ordering::SeqCst) {
                     graceful(conn.as_mut());
                     closing = true;
                 } else {
                     grace = Some(Box::pin(tokio::time::sleep(FIRST_REQUEST_GRACE)));
                 }
             }
-            () = first.1.notified(), if !closing && grace.is_some() => {
+            () = flags.first.notified(), if !closing && grace.is_some() => {
                 graceful(conn.as_mut());
                 closing = true;
             }
