@@ -8,7 +8,13 @@
 # For each process count N (e.g. "1 2 4"), each server runs N processes with THREADS
 # threads at its best documented settings (uWSGI --http-socket with --http-keepalive, and
 # --master --thunder-lock when N > 1; gunicorn's gthread worker; granian's WSGI interface;
-# the gateway with --processes N); wrk -t1 -c32 drives it. N = 1 runs every app; N > 1 runs
+# the gateway with --processes N); wrk -t1 -c32 drives it. uWSGI's --http-socket closes
+# the connection after every answer even with --http-keepalive, so wrk reconnects for each
+# of its requests. Its keep-alive socket, --http11-socket, is not used: each of its threads
+# keeps the connection it holds, so with 32 connections and N x THREADS threads the other
+# connections get no answer while those stay open (at N = 4, 8 connections were served
+# 1,288-1,779 times each in 3 s, the 24 others once), and wrk reports only the answered
+# ones. N = 1 runs every app; N > 1 runs
 # hello world and the Django pages. SERVERS="gateway granian" runs only those. Printed: requests/s, p99 latency, the summed RSS and
 # PSS of all the server's processes, with ratios against uWSGI; for N > 1 also how the
 # requests spread over the workers (from the stats servers of uWSGI and the gateway).
