@@ -15,6 +15,7 @@
 # 2 s per case): a count, which this noisy box does not blur as it blurs times.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+HERE=benches/load
 DUR=${1:-5}
 command -v wrk >/dev/null || { echo "wrk is missing: bash scripts/install-deps.sh"; exit 1; }
 command -v nginx >/dev/null || { echo "nginx is missing: bash scripts/install-deps.sh"; exit 1; }
@@ -128,39 +129,23 @@ fi
 echo
 echo "wrk -t1 -c32 -d${DUR}s; nginx: 1 worker; gateway: --nginx-conf, 1 process, ${FRONT_THREADS:-1} thread(s); same uWSGI behind both${ROUNDS:+; medians of $ROUNDS rounds (min-max of the x nginx ratios, round by round)}"
 printf '%-12s %-9s %10s %8s %9s %12s %8s %s\n' case front "req/s" "x nginx" "p99" "CPU µs/req" "x nginx" "${ROUNDS:+rounds: req/s x, p99 x}"
-awk '
-  function us(t) { # wrk latency text to microseconds
-    if (t ~ /us$/) return substr(t, 1, length(t) - 2) + 0
-    if (t ~ /ms$/) return substr(t, 1, length(t) - 2) * 1000
-    if (t ~ /s$/) return substr(t, 1, length(t) - 1) * 1000000
-    return -1
-  }
-  function median(list,   v, n, i, j, t) { # of a space-separated list of numbers
-    n = split(list, v, " ")
-    for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j-1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j-1]; v[j-1] = t }
-    return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-  }
-  function range(list,   v, n, i, lo, hi) { # "min-max" of a space-separated list
-    n = split(list, v, " "); lo = hi = v[1]
-    for (i = 2; i <= n; i++) { if (v[i] + 0 < lo + 0) lo = v[i]; if (v[i] + 0 > hi + 0) hi = v[i] }
-    return sprintf("%.2f-%.2f", lo, hi)
-  }
+awk -f "$HERE/stats.awk" -f /dev/stdin "$OUT/results" <<'AWK'
   { split($2, u, "/"); c="/" u[4]; if (u[5] != "") c=c "/" u[5]
-    k = ++runs[c,$1]
     rps[c,$1]=rps[c,$1] " " $3; p99[c,$1]=p99[c,$1] " " us($4); cpu[c,$1]=cpu[c,$1] " " ($6>0 ? $5/$6 : 0)
-    one_rps[c,$1,k]=$3; one_p99[c,$1,k]=us($4)
     if (!(c in seen)) { seen[c]=1; order[++n]=c } }
   END {
     for (i=1; i<=n; i++) { c=order[i]
+      # The gateway against nginx round by round (the lists are in the rounds' order).
+      rounds=split(rps[c,"gateway"], gr, " "); split(rps[c,"nginx"], nr, " ")
+      split(p99[c,"gateway"], gl, " "); split(p99[c,"nginx"], nl, " ")
       ratios_r=""; ratios_p=""
-      for (k=1; k<=runs[c,"gateway"]; k++) if (one_rps[c,"nginx",k] > 0 && one_p99[c,"nginx",k] > 0) {
-        ratios_r=ratios_r " " one_rps[c,"gateway",k] / one_rps[c,"nginx",k]; ratios_p=ratios_p " " one_p99[c,"gateway",k] / one_p99[c,"nginx",k] }
+      for (k=1; k<=rounds; k++) if (nr[k] > 0 && nl[k] > 0) { ratios_r=ratios_r " " gr[k] / nr[k]; ratios_p=ratios_p " " gl[k] / nl[k] }
       b=median(rps[c,"nginx"]); bc=median(cpu[c,"nginx"])
       for (j=1; j<=2; j++) { s=(j==1?"nginx":"gateway")
-        r=median(rps[c,s]); l=median(p99[c,s]); cu=median(cpu[c,s])
-        lat=(l < 0 ? "?" : l < 1000 ? sprintf("%.0fus", l) : sprintf("%.2fms", l / 1000))
-        extra=(j==2 && runs[c,s] > 1 && ratios_r != "" ? range(ratios_r) ", " range(ratios_p) : "")
-        printf "%-12s %-9s %10.0f %8s %9s %12.1f %8s %s\n", c, s, r, (b>0?sprintf("%.2f",r/b):"-"), lat, cu, (bc>0?sprintf("%.2f",cu/bc):"-"), extra
+        r=median(rps[c,s]); cu=median(cpu[c,s])
+        extra=(j==2 && rounds > 1 && ratios_r != "" ? range(ratios_r) ", " range(ratios_p) : "")
+        printf "%-12s %-9s %10.0f %8s %9s %12.1f %8s %s\n", c, s, r, (b>0?sprintf("%.2f",r/b):"-"), latency(median(p99[c,s])), cu, (bc>0?sprintf("%.2f",cu/bc):"-"), extra
       }
     }
-  }' "$OUT/results"
+  }
+AWK

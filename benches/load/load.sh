@@ -134,19 +134,8 @@ done
 echo
 echo "wrk -t1 -c32 -d${DUR}s, $THREADS threads per process; ratios against uWSGI; memory summed over all processes${ROUNDS:+; medians of $ROUNDS rounds}"
 printf '%-5s %-16s %-9s %10s %8s %9s %8s %8s %8s %9s\n' procs case server "req/s" "x uWSGI" "p99" "RSS MB" "PSS MB" "x uWSGI" "min/max"
-awk '
-  function ms(t) { # wrk latency text to milliseconds
-    if (t ~ /us$/) return substr(t, 1, length(t) - 2) / 1000
-    if (t ~ /ms$/) return substr(t, 1, length(t) - 2) + 0
-    if (t ~ /s$/) return substr(t, 1, length(t) - 1) * 1000
-    return -1
-  }
-  function median(list,   v, n, i, j, t) { # of a space-separated list of numbers
-    n = split(list, v, " ")
-    for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j-1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j-1]; v[j-1] = t }
-    return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-  }
-  { n=$1; name=$2; c=n " " $3; rps[c,name]=rps[c,name] " " $4; p99[c,name]=p99[c,name] " " ms($5)
+awk -f "$HERE/stats.awk" -f /dev/stdin "$OUT/results" <<'AWK'
+  { n=$1; name=$2; c=n " " $3; rps[c,name]=rps[c,name] " " $4; p99[c,name]=p99[c,name] " " us($5)
     rss[c,name]=rss[c,name] " " $6; pss[c,name]=pss[c,name] " " $7; sh[c,name]=$8
     if (!(c in seen)) { seen[c]=1; order[++k]=c } }
   END {
@@ -155,8 +144,8 @@ awk '
       for (j=1; j<=4; j++) { s=servers[j]
         if (!((c,s) in rps)) continue
         base=median(rps[c,"uwsgi"]); r=median(rps[c,s]); m=median(rss[c,s])/1024; p=median(pss[c,s])/1024; bp=median(pss[c,"uwsgi"])/1024
-        l=median(p99[c,s]); lat=(l < 0 ? "?" : l < 1 ? sprintf("%.0fus", l * 1000) : sprintf("%.2fms", l))
-        printf "%-5s %-16s %-9s %10.0f %8s %9s %8.1f %8.1f %8s %9s\n", parts[1], parts[2], s, r, (base>0?sprintf("%.2f",r/base):"-"), lat, m, p, (bp>0?sprintf("%.2f",p/bp):"-"), sh[c,s]
+        printf "%-5s %-16s %-9s %10.0f %8s %9s %8.1f %8.1f %8s %9s\n", parts[1], parts[2], s, r, (base>0?sprintf("%.2f",r/base):"-"), latency(median(p99[c,s])), m, p, (bp>0?sprintf("%.2f",p/bp):"-"), sh[c,s]
       }
     }
-  }' "$OUT/results"
+  }
+AWK
