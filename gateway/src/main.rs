@@ -69,8 +69,8 @@ fn main() -> ExitCode {
         gateway::alloc::tune_mimalloc();
     }
     // Before the runtime's and Python's threads, which inherit it.
-    gateway::process::bind_cores(&options, 1, python);
-    let runtime = match gateway::build_runtime(threads, python) {
+    let one_core = gateway::process::bind_cores(&options, 1, python);
+    let runtime = match gateway::build_runtime(threads, python, one_core) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -42,19 +42,22 @@ pub fn wants_master(o: &Options) -> bool {
 /// cores: `--cpu-affinity N`, or by default one core when it runs Python (`python`) and
 /// the workers cannot have two cores each (see the `affinity` module for why). Call it
 /// before any other thread starts: threads started later inherit the binding.
-pub fn bind_cores(o: &Options, id: usize, python: bool) {
+///
+/// Returns whether the process now runs Python on a single core, beside its event loop:
+/// the case for [`crate::build_runtime`]'s `batch`.
+pub fn bind_cores(o: &Options, id: usize, python: bool) -> bool {
     let processes = o.processes.unwrap_or(1).max(1);
     let usable = std::thread::available_parallelism().map_or(1, usize::from);
     let allowed = match affinity::allowed() {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!("worker {id}: reading the cpu affinity: {e}");
-            return;
+            return false;
         }
     };
     let Some(cores) = affinity::plan(id, processes, o.cpu_affinity, python, &allowed, usable)
     else {
-        return;
+        return false;
     };
     let list = cores
         .iter()
@@ -62,9 +65,20 @@ pub fn bind_cores(o: &Options, id: usize, python: bool) {
         .collect::<Vec<_>>()
         .join(",");
     match affinity::bind(&cores) {
-        Ok(()) => tracing::info!("worker {id} bound to cpu(s) {list}"),
-        Err(e) => tracing::warn!("worker {id}: binding to cpu(s) {list}: {e}"),
+        Ok(()) => {
+            tracing::info!("worker {id} bound to cpu(s) {list}");
+            python && cores.len() == 1
+        }
+        Err(e) => {
+            tracing::warn!("worker {id}: binding to cpu(s) {list}: {e}");
+            false
+        }
     }
+}
+
+/// Puts the calling thread under `SCHED_BATCH` (see [`crate::build_runtime`]).
+pub(crate) fn batch_this_thread() -> std::io::Result<()> {
+    sys::batch_this_thread()
 }
 
 /// Runs the master and its workers until SIGTERM/SIGINT (SIGHUP reloads). Call it from

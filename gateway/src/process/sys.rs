@@ -1,6 +1,6 @@
 //! The few system calls the process model needs that have no safe wrapper: `fork` (with
 //! CPython's fork hooks), a no-op signal handler, ignoring signals, adopting inherited
-//! descriptors, and memory shared with the workers. Every `unsafe` block says why it is
+//! descriptors, memory shared with the workers, and a thread's scheduling policy. Every `unsafe` block says why it is
 //! sound.
 #![allow(unsafe_code)]
 
@@ -179,4 +179,19 @@ pub(crate) fn shared_counters(
     // unmapped, so it lives as long as the process ('static). Other processes share it,
     // but every access, here and there, is an atomic operation, so no data race exists.
     Ok(unsafe { std::slice::from_raw_parts(ptr.as_ptr().cast::<AtomicU32>(), n) })
+}
+
+/// Puts the calling thread under `SCHED_BATCH`: the kernel's fair scheduler as before
+/// (same share, same nice value), except that the thread's wake-ups do not preempt the
+/// thread running on its core. Any user may choose it for its own threads.
+pub(crate) fn batch_this_thread() -> std::io::Result<()> {
+    let param = nix::libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 names the calling thread; `param` is an initialized `sched_param`
+    // that outlives the call, which only reads it (priority 0 is the one SCHED_BATCH
+    // takes). No memory of ours is kept or written.
+    let r = unsafe { nix::libc::sched_setscheduler(0, nix::libc::SCHED_BATCH, &raw const param) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

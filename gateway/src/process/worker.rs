@@ -87,7 +87,7 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
     }
     sys::install_wake_handler()?;
     // Before any thread starts: the runtime's and Python's inherit the binding.
-    super::bind_cores(
+    let one_core = super::bind_cores(
         o,
         id,
         app.is_some() || (!front && crate::server::needs_app(o)),
@@ -129,6 +129,7 @@ fn serve(start: Start<'_>) -> anyhow::Result<()> {
     let runtime = crate::server::build_runtime(
         crate::server::runtime_threads(processes, host.is_some()),
         host.is_some(),
+        one_core && host.is_some(),
     )?;
     let stack = {
         let _runtime = runtime.enter(); // for the site's background tasks

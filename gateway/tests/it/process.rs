@@ -536,6 +536,45 @@ fn worker_cores(st: SocketAddr) -> Vec<(u64, Vec<Vec<usize>>)> {
         .collect()
 }
 
+/// `(name, scheduling policy)` of every thread of `pid` (policy 0 is SCHED_OTHER, 3
+/// SCHED_BATCH: field 41 of `/proc/PID/task/TID/stat`).
+fn thread_policies(pid: u64) -> Vec<(String, u32)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.unwrap().path();
+            let name = std::fs::read_to_string(t.join("comm")).ok()?;
+            let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+            // The fields after the name (which may hold spaces) start at field 3.
+            let after = &stat[stat.rfind(')')? + 2..];
+            let policy = after.split(' ').nth(41 - 3)?.parse().ok()?;
+            Some((name.trim().to_owned(), policy))
+        })
+        .collect()
+}
+
+/// Asks for pages until every worker's event loop runs under SCHED_BATCH (it is set the
+/// first time the loop wakes), for at most 10 s; the policies seen last, per worker.
+fn until_batched(addr: SocketAddr, st: SocketAddr) -> Vec<Vec<(String, u32)>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert_eq!(get(addr, "/").unwrap().0, 200);
+        let seen: Vec<_> = stats(st)["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| thread_policies(w["pid"].as_u64().unwrap()))
+            .collect();
+        let all = seen
+            .iter()
+            .all(|t| t.iter().any(|(n, p)| n == "tokio-rt-worker" && *p == 3));
+        if all || Instant::now() > deadline {
+            return seen;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn cpu_affinity_binds_every_thread_of_each_worker_to_cores_in_turn() {
     let mine = my_cpus();
@@ -573,6 +612,22 @@ fn cpu_affinity_binds_every_thread_of_each_worker_to_cores_in_turn() {
         "{}",
         gw.log()
     );
+    // One core for the event loop and Python: the loop yields it to Python (SCHED_BATCH),
+    // Python's threads keep the default policy.
+    for threads in until_batched(addr, st) {
+        assert!(
+            threads
+                .iter()
+                .any(|(n, p)| n == "tokio-rt-worker" && *p == 3),
+            "{threads:?}"
+        );
+        let python: Vec<_> = threads
+            .iter()
+            .filter(|(n, _)| n.starts_with("wsgi-"))
+            .collect();
+        assert_eq!(python.len(), 2, "{threads:?}");
+        assert!(python.iter().all(|(_, p)| *p == 0), "{threads:?}");
+    }
     drop(gw);
 
     // `--cpu-affinity 0`: every worker may run on every core of ours.
@@ -594,6 +649,14 @@ fn cpu_affinity_binds_every_thread_of_each_worker_to_cores_in_turn() {
             threads.iter().all(|t| *t == mine),
             "worker {id}: {threads:?}"
         );
+    }
+    // Not bound: every thread keeps the default policy.
+    for _ in 0..20 {
+        assert_eq!(get(addr, "/").unwrap().0, 200);
+    }
+    for w in stats(st)["workers"].as_array().unwrap() {
+        let threads = thread_policies(w["pid"].as_u64().unwrap());
+        assert!(threads.iter().all(|(_, p)| *p == 0), "{threads:?}");
     }
 }
 
