@@ -1,7 +1,7 @@
 //! The few system calls the process model needs that have no safe wrapper: `fork` (with
 //! CPython's fork hooks), a no-op signal handler, ignoring signals, adopting inherited
-//! descriptors, memory shared with the workers, and a thread's scheduling policy. Every `unsafe` block says why it is
-//! sound.
+//! descriptors, memory shared with the workers, and a thread's scheduling policy. Every
+//! `unsafe` block says why it is sound.
 #![allow(unsafe_code)]
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
