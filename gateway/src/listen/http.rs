@@ -2,6 +2,7 @@
 //! HEAD; static maps first, then the WSGI app.
 
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -99,7 +100,11 @@ const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnection {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    /// An answer given at once, or a boxed future.
+    type Future = Either<
+        std::future::Ready<Result<Self::Response, Infallible>>,
+        Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>,
+    >;
 
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
         if !self.flags.arrived.swap(true, Ordering::SeqCst) {
@@ -115,8 +120,15 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
         // hold the request twice).
         if let Backend::Site { site, listen } = &self.app.backend {
             let record = log_record(&req, &conn, site.has_own_logs());
-            let answer = crate::site::Site::serve(site.clone(), req, *listen, conn);
-            return Box::pin(answer.map(move |response| Ok(with_log(response, record))));
+            return match crate::site::Site::serve(site.clone(), req, *listen, conn) {
+                // (Not boxed: most `return`s and error pages.)
+                Either::Left(now) => {
+                    Either::Left(std::future::ready(Ok(with_log(now.into_inner(), record))))
+                }
+                Either::Right(later) => Either::Right(Box::pin(
+                    later.map(move |response| Ok(with_log(response, record))),
+                )),
+            };
         }
         // The app server without static maps: the WSGI service's own future in the box.
         if let Backend::Wsgi(plain_svc) = &self.app.backend
@@ -124,17 +136,17 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
         {
             let record = log_record(&req, &conn, false);
             if over_limit(&self.app, &req) {
-                return Box::pin(std::future::ready(Ok(with_log(too_large(), record))));
+                return Either::Left(std::future::ready(Ok(with_log(too_large(), record))));
             }
             let svc = self.wsgi.as_ref().unwrap_or(plain_svc);
-            return Box::pin(
+            return Either::Right(Box::pin(
                 svc.serve(req)
                     .map(move |r| r.map(|r| with_log(r.map(Body::Wsgi), record))),
-            );
+            ));
         }
         let app = self.app.clone();
         let wsgi = self.wsgi.clone();
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let record = log_record(&req, &conn, false);
             let response = if let Some(r) = app
                 .statics
@@ -161,7 +173,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for PerConnec
                 }
             };
             Ok(with_log(response, record))
-        })
+        }))
     }
 }
 

@@ -34,6 +34,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::{HeaderValue, StatusCode, header};
 
 pub use vars::RequestVars;
@@ -1379,6 +1380,13 @@ impl Site {
     /// (`Arc`s, references), which the future keeps: with `Arc`s it borrows nothing, so
     /// a server can box it as it is instead of inside a future of its own that would hold
     /// the request a second time.
+    ///
+    /// The steps that need no waiting run before this returns: the server, the URI, the
+    /// location, and the answers they settle (a `return`, a bad path, a body over the
+    /// limit), which come back at once as [`Either::Left`], the request already dropped.
+    /// hyper reads each request into a buffer that the request's head then shares, and
+    /// takes a new buffer for its next read while the old one is shared: a request
+    /// answered at once leaves it free.
     // A plain function returning an `async move` block, not an `async fn`: an async fn
     // copies its arguments into locals, so the request would be held twice in the future
     // (and once more in any async fn it is handed to).
@@ -1388,71 +1396,43 @@ impl Site {
         mut req: http::Request<B>,
         listen: usize,
         conn: C,
-    ) -> impl Future<Output = http::Response<Body>> + 'a
+    ) -> Either<
+        std::future::Ready<http::Response<Body>>,
+        impl Future<Output = http::Response<Body>> + 'a,
+    >
     where
         S: std::ops::Deref<Target = Self> + Send + 'a,
         C: std::ops::Deref<Target = ConnInfo> + Send + 'a,
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'a,
         B::Error: std::fmt::Display,
     {
-        async move {
+        let start = match site.first_steps(&mut req, listen, &conn) {
+            Step::Answered(r) => return Either::Left(std::future::ready(r)),
+            Step::Go(start) => start,
+        };
+        Either::Right(async move {
             let this: &Self = &site;
             let conn: &ConnInfo = &conn;
-            let mut picked = Picked {
-                logging: this.own_logs || crate::access::any_enabled(crate::access::default_logs()),
-                ..Picked::default()
+            let server = &this.servers[start.server];
+            let mut picked = this.picked(server);
+            // The request target stays readable after the request is handed on (a clone of
+            // the URI shares its bytes).
+            let target = req.uri().clone();
+            let raw_path = target.path();
+            let mut uri: std::borrow::Cow<'_, str> = match start.uri {
+                Some(u) => u.into(),
+                None => raw_path.into(),
             };
-            let mut r = 'answer: {
-                let server = match req.headers().get(header::HOST) {
-                    Some(h) => this.server(listen, h.to_str().ok().map(vars::without_port)),
-                    None => {
-                        // HTTP/2 carries the host in :authority: it is the Host header, as for
-                        // nginx.
-                        let authority = req.uri().authority().map(|a| a.as_str().to_owned());
-                        let host = authority.and_then(|a| HeaderValue::from_str(&a).ok());
-                        let server = this.server(
-                            listen,
-                            host.as_ref()
-                                .and_then(|h| h.to_str().ok())
-                                .map(vars::without_port),
-                        );
-                        if let Some(v) = host {
-                            req.headers_mut().insert(header::HOST, v);
-                        }
-                        server
+            let request_uri = target.path_and_query().map_or("/", |p| p.as_str());
+            let args = target.query().unwrap_or("");
+            let r = 'answer: {
+                // try_files may redirect internally to another URI (or a named location):
+                // the first round's location was found by the first steps.
+                let mut location = start.location.map(|i| &server.locations[i]);
+                for round in 0..10 {
+                    if round > 0 {
+                        location = Self::location(server, &uri);
                     }
-                };
-                picked.take(&server.base);
-                // The request target stays readable after the request is handed on (a clone of
-                // the URI shares its bytes).
-                let target = req.uri().clone();
-                let raw_path = target.path();
-                let Ok(path) = cgi_family::normalize_path(raw_path.as_bytes()) else {
-                    break 'answer error_page(StatusCode::BAD_REQUEST);
-                };
-                // A path already normal is the raw path itself, text already; a rebuilt one is
-                // checked (`from_utf8` first: quicker than the lossy walk).
-                let mut uri: std::borrow::Cow<'_, str> = match path {
-                    std::borrow::Cow::Borrowed(p) if p.len() == raw_path.len() => raw_path.into(),
-                    std::borrow::Cow::Borrowed(p) => String::from_utf8_lossy(p),
-                    std::borrow::Cow::Owned(p) => match String::from_utf8(p) {
-                        Ok(p) => p.into(),
-                        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned().into(),
-                    },
-                };
-                picked.uri(&uri);
-                let request_uri = target.path_and_query().map_or("/", |p| p.as_str());
-                let args = target.query().unwrap_or("");
-                if let Some(ret) = &server.base.ret {
-                    let expand = |t: &vars::Template| {
-                        let vars = this.vars(&req, conn, request_uri, &uri, args, server, "");
-                        vars.expand_template(t)
-                    };
-                    break 'answer returned(ret, expand, &server.base.default_type);
-                }
-                // try_files may redirect internally to another URI (or a named location).
-                for _ in 0..10 {
-                    let location = Self::location(server, &uri);
                     let settings = location.map_or(&server.base, |l| &l.settings);
                     picked.take(settings);
                     picked.uri(&uri);
@@ -1607,25 +1587,107 @@ impl Site {
                 );
                 error_page(StatusCode::INTERNAL_SERVER_ERROR)
             };
-            // nginx's `charset` of the server or location that answered, error pages
-            // included (but not 301 and 302, which nginx leaves alone).
-            let redirect = matches!(r.status().as_u16(), 301 | 302);
-            if let (Some(cs), false) = (picked.charset, redirect) {
-                add_charset(&mut r, cs);
-            }
-            // Its access logs, when it names its own.
-            if let Some(logs) = picked.access {
-                r.extensions_mut()
-                    .insert(crate::access::Route(logs.clone()));
-            }
-            // $uri: the normalized URI that answered (unless a handler named another).
-            if let Some(uri) = picked.uri {
-                if r.extensions().get::<crate::access::Uri>().is_none() {
-                    r.extensions_mut().insert(crate::access::Uri(uri));
+            finish(r, picked)
+        })
+    }
+
+    /// What the access log and `charset` know before a location is chosen: `server`'s.
+    fn picked<'s>(&self, server: &'s VirtualServer) -> Picked<'s> {
+        let mut picked = Picked {
+            logging: self.own_logs || crate::access::any_enabled(crate::access::default_logs()),
+            ..Picked::default()
+        };
+        picked.take(&server.base);
+        picked
+    }
+
+    /// The steps of [`Site::serve`] that need no waiting: the server for the request's
+    /// host (HTTP/2's `:authority` written into `Host`, as nginx takes it), the normalized
+    /// URI, its location, and the answer when these settle it.
+    fn first_steps<B>(&self, req: &mut http::Request<B>, listen: usize, conn: &ConnInfo) -> Step
+    where
+        B: http_body::Body<Data = Bytes>,
+    {
+        let server = match req.headers().get(header::HOST) {
+            Some(h) => self.server(listen, h.to_str().ok().map(vars::without_port)),
+            None => {
+                // HTTP/2 carries the host in :authority: it is the Host header, as for
+                // nginx.
+                let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+                let host = authority.and_then(|a| HeaderValue::from_str(&a).ok());
+                let server = self.server(
+                    listen,
+                    host.as_ref()
+                        .and_then(|h| h.to_str().ok())
+                        .map(vars::without_port),
+                );
+                if let Some(v) = host {
+                    req.headers_mut().insert(header::HOST, v);
                 }
+                server
             }
-            r
+        };
+        let req: &http::Request<B> = req;
+        let mut picked = self.picked(server);
+        let raw_path = req.uri().path();
+        let Ok(path) = cgi_family::normalize_path(raw_path.as_bytes()) else {
+            return Step::Answered(finish(error_page(StatusCode::BAD_REQUEST), picked));
+        };
+        // A path already normal is the raw path itself, text already; a rebuilt one is
+        // checked (`from_utf8` first: quicker than the lossy walk).
+        let uri: std::borrow::Cow<'_, str> = match path {
+            std::borrow::Cow::Borrowed(p) if p.len() == raw_path.len() => raw_path.into(),
+            std::borrow::Cow::Borrowed(p) => String::from_utf8_lossy(p),
+            std::borrow::Cow::Owned(p) => match String::from_utf8(p) {
+                Ok(p) => p.into(),
+                Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned().into(),
+            },
+        };
+        picked.uri(&uri);
+        let request_uri = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let args = req.uri().query().unwrap_or("");
+        if let Some(ret) = &server.base.ret {
+            let expand = |t: &vars::Template| {
+                let vars = self.vars(req, conn, request_uri, &uri, args, server, "");
+                vars.expand_template(t)
+            };
+            let r = returned(ret, expand, &server.base.default_type);
+            return Step::Answered(finish(r, picked));
         }
+        let location = Self::location(server, &uri);
+        let settings = location.map_or(&server.base, |l| &l.settings);
+        picked.take(settings);
+        // (A request without a body has nothing to measure.)
+        if let Some(limit) = settings.max_body.filter(|_| !req.body().is_end_stream())
+            && crate::handler::declared_over(req.headers(), limit)
+        {
+            return Step::Answered(finish(error_page(StatusCode::PAYLOAD_TOO_LARGE), picked));
+        }
+        if let Some(ret) = &settings.ret {
+            // The variables are gathered only for a text that has some.
+            let expand = |t: &vars::Template| {
+                let root = location
+                    .and_then(|l| l.alias.as_ref())
+                    .or(settings.root.as_ref())
+                    .map(|p| p.to_string_lossy())
+                    .unwrap_or_default();
+                let vars = self.vars(req, conn, request_uri, &uri, args, server, &root);
+                vars.expand_template(t)
+            };
+            let r = returned(ret, expand, &settings.default_type);
+            return Step::Answered(finish(r, picked));
+        }
+        let unchanged = matches!(&uri, std::borrow::Cow::Borrowed(u) if u.len() == raw_path.len());
+        Step::Go(Start {
+            server: self
+                .servers
+                .iter()
+                .position(|s| std::ptr::eq(s, server))
+                .unwrap_or(0),
+            location: location
+                .and_then(|l| server.locations.iter().position(|x| std::ptr::eq(x, l))),
+            uri: (!unchanged).then(|| uri.into_owned()),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1731,6 +1793,45 @@ fn stock_params(protocol: Protocol) -> Vec<(String, String, bool)> {
         .collect()
 }
 
+/// A site's answer made ready to go: nginx's `charset` of the server or location that
+/// answered, error pages included (but not 301 and 302, which nginx leaves alone), its own
+/// access logs when it names some, and `$uri` for the access log.
+fn finish(mut r: http::Response<Body>, picked: Picked<'_>) -> http::Response<Body> {
+    let redirect = matches!(r.status().as_u16(), 301 | 302);
+    if let (Some(cs), false) = (picked.charset, redirect) {
+        add_charset(&mut r, cs);
+    }
+    if let Some(logs) = picked.access {
+        r.extensions_mut()
+            .insert(crate::access::Route(logs.clone()));
+    }
+    // The normalized URI that answered (unless a handler named another).
+    if let Some(uri) = picked.uri
+        && r.extensions().get::<crate::access::Uri>().is_none()
+    {
+        r.extensions_mut().insert(crate::access::Uri(uri));
+    }
+    r
+}
+
+/// Where [`Site::serve`]'s first steps leave a request.
+enum Step {
+    /// Answered without waiting.
+    Answered(http::Response<Body>),
+    /// To be served by a future, from here.
+    Go(Start),
+}
+
+/// Where a request's future starts.
+struct Start {
+    /// Its server, an index into the site's.
+    server: usize,
+    /// The location of its URI, an index into the server's.
+    location: Option<usize>,
+    /// Its URI when normalizing changed the request's path.
+    uri: Option<String>,
+}
+
 /// nginx's `return code [text|URL]`.
 /// `expand` writes out a text with variables (called only for such a text).
 fn returned(
@@ -1796,6 +1897,131 @@ fn add_charset(r: &mut http::Response<Body>, charset: &str) {
     if texty && !lower.contains("charset") {
         if let Ok(v) = HeaderValue::from_str(&format!("{ct}; charset={charset}")) {
             r.headers_mut().insert(header::CONTENT_TYPE, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Poll};
+
+    /// A request body that tells when it is dropped.
+    struct Watched(Arc<AtomicBool>, Option<Bytes>);
+
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl http_body::Body for Watched {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.1.take().map(|b| Ok(http_body::Frame::data(b))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.1.is_none()
+        }
+    }
+
+    fn request(
+        path: &str,
+        body: Option<&'static str>,
+    ) -> (http::Request<Watched>, Arc<AtomicBool>) {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let mut req = http::Request::builder()
+            .uri(path)
+            .header(header::HOST, "example.com");
+        if let Some(b) = body {
+            req = req.header(header::CONTENT_LENGTH, b.len());
+        }
+        let body = Watched(dropped.clone(), body.map(Bytes::from));
+        (req.body(body).unwrap(), dropped)
+    }
+
+    #[test]
+    fn settled_answers_come_at_once_with_the_request_dropped() {
+        let tree = crate::config::nginx::parse_str(
+            "server {
+                 listen 127.0.0.1:8000;
+                 client_max_body_size 4;
+                 location = /r { return 200 ok; }
+                 location /p { uwsgi_pass 127.0.0.1:9; }
+                 location /files { root /nonexistent; }
+             }",
+            "site.conf",
+        )
+        .unwrap();
+        let (site, _) = Site::from_nginx(&tree).unwrap();
+        let conn = ConnInfo::default();
+        for (path, body, status) in [
+            ("/r", None, 200),
+            ("/../x", None, 400),
+            ("/p", Some("too long"), 413),
+        ] {
+            let (req, dropped) = request(path, body);
+            match Site::serve(&site, req, 0, &conn) {
+                Either::Left(now) => {
+                    assert!(
+                        dropped.load(Ordering::SeqCst),
+                        "{path}: the request is held"
+                    );
+                    assert_eq!(now.into_inner().status(), status, "{path}");
+                }
+                Either::Right(_) => panic!("{path}: answered by a future"),
+            }
+        }
+        // A pass and a file are answered by a future, which holds the request.
+        for path in ["/p", "/files/x"] {
+            let (req, dropped) = request(path, None);
+            let answer = Site::serve(&site, req, 0, &conn);
+            assert!(
+                matches!(answer, Either::Right(_)),
+                "{path}: answered at once"
+            );
+            assert!(!dropped.load(Ordering::SeqCst), "{path}");
+            drop(answer);
+            assert!(dropped.load(Ordering::SeqCst), "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_future_starts_where_the_first_steps_stopped() {
+        // A rewritten path and a location found by the first steps: the future serves
+        // that location with that URI (here: the file under the root, then try_files'
+        // fallback after an internal redirect).
+        let dir = testkit::temp_dir();
+        std::fs::create_dir_all(dir.path().join("files")).unwrap();
+        std::fs::write(dir.path().join("files/a"), "file").unwrap();
+        let conf = format!(
+            "server {{
+                 listen 127.0.0.1:8000;
+                 location /files {{ root {0}; }}
+                 location /try {{ root {0}; try_files $uri /files/a; }}
+             }}",
+            dir.path().display()
+        );
+        let tree = crate::config::nginx::parse_str(&conf, "site.conf").unwrap();
+        let (site, _) = Site::from_nginx(&tree).unwrap();
+        let conn = ConnInfo::default();
+        for (path, status) in [
+            ("/files/./a", 200),
+            ("/files//x/../%61", 200),
+            ("/files/nothing", 404),
+            ("/try/nothing", 200),
+        ] {
+            let (req, _) = request(path, None);
+            let answer = Site::serve(&site, req, 0, &conn).await;
+            assert_eq!(answer.status(), status, "{path}");
         }
     }
 }
