@@ -1443,13 +1443,7 @@ impl Site {
                         break 'answer error_page(StatusCode::PAYLOAD_TOO_LARGE);
                     }
                     // $document_root, written out only where a variable may ask for it.
-                    let root_text = || {
-                        location
-                            .and_then(|l| l.alias.as_ref())
-                            .or(settings.root.as_ref())
-                            .map(|p| p.to_string_lossy())
-                            .unwrap_or_default()
-                    };
+                    let root_text = || document_root(location, settings);
                     // ... and only when one of the values at hand names it.
                     let root_if = |named: bool| {
                         if named {
@@ -1666,11 +1660,7 @@ impl Site {
         if let Some(ret) = &settings.ret {
             // The variables are gathered only for a text that has some.
             let expand = |t: &vars::Template| {
-                let root = location
-                    .and_then(|l| l.alias.as_ref())
-                    .or(settings.root.as_ref())
-                    .map(|p| p.to_string_lossy())
-                    .unwrap_or_default();
+                let root = document_root(location, settings);
                 let vars = self.vars(req, conn, request_uri, &uri, args, server, &root);
                 vars.expand_template(t)
             };
@@ -1791,6 +1781,19 @@ fn stock_params(protocol: Protocol) -> Vec<(String, String, bool)> {
             _ => None,
         })
         .collect()
+}
+
+/// `$document_root` where `location` (or, without one, the server's `settings`) answers:
+/// its `alias` or `root`, empty when it has neither.
+fn document_root<'s>(
+    location: Option<&'s Location>,
+    settings: &'s Settings,
+) -> std::borrow::Cow<'s, str> {
+    location
+        .and_then(|l| l.alias.as_ref())
+        .or(settings.root.as_ref())
+        .map(|p| p.to_string_lossy())
+        .unwrap_or_default()
 }
 
 /// A site's answer made ready to go: nginx's `charset` of the server or location that
